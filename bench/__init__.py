@@ -1,0 +1,1 @@
+"""Benchmarks and the synthetic-model helpers tests share."""

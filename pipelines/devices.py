@@ -1,0 +1,108 @@
+"""Device, precision and attention policy, decided once per manager and logged."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
+@dataclass(frozen=True)
+class DevicePolicy:
+    device: str            # "cuda", "cuda:1", "mps", "cpu"
+    dtype_name: str        # "float32", "float16", "bfloat16"
+    vae_dtype_name: str    # the VAE stays in fp32 under fp16: SD VAEs overflow to NaN in fp16
+    attention: str         # "xformers" or "sdpa"
+    lowvram: bool = False
+
+    @property
+    def dtype(self):
+        import torch
+
+        return getattr(torch, self.dtype_name)
+
+    @property
+    def vae_dtype(self):
+        import torch
+
+        return getattr(torch, self.vae_dtype_name)
+
+    def describe(self) -> str:
+        return f"device={self.device} dtype={self.dtype_name} vae={self.vae_dtype_name} attention={self.attention}" + (
+            " lowvram" if self.lowvram else "")
+
+
+def pick_device(requested: str | None = None) -> str:
+    import torch
+
+    if requested and requested != "auto":
+        if requested.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"--device {requested}: CUDA is not available on this machine (use --device cpu)")
+        if requested == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise ValueError("--device mps: Apple MPS is not available on this machine (use --device cpu)")
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    if hasattr(torch.backends, "mps") and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def cpu_has_bf16() -> bool:
+    """bf16 matmuls are fast on CPUs with AVX512-BF16 or AMX; elsewhere they are emulated and slow."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def pick_dtype(device: str, precision: str = "auto") -> str:
+    import torch
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[precision]
+    if device.startswith("cuda"):
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    if device == "mps":
+        return "float16"
+    return "bfloat16" if cpu_has_bf16() else "float32"
+
+
+def xformers_works(device: str) -> bool:
+    """xformers imports on CPU but has no operator there: run its kernel once on the device to know."""
+    if not device.startswith("cuda"):
+        return False
+    try:
+        import torch
+        import xformers.ops
+
+        q = torch.zeros(1, 8, 1, 64, device=device, dtype=torch.float16)
+        xformers.ops.memory_efficient_attention(q, q, q)
+        return True
+    except Exception as err:  # any failure means "don't use it"; the reason is logged
+        log.info("xformers unavailable on %s: %s", device, err)
+        return False
+
+
+def make_policy(device: str | None = None, precision: str = "auto", attention: str = "auto",
+                lowvram: bool = False) -> DevicePolicy:
+    dev = pick_device(device)
+    dtype = pick_dtype(dev, precision)
+    vae_dtype = "float32" if dtype == "float16" else dtype
+    # PyTorch SDPA is the default (it uses flash/memory-efficient kernels itself); xformers only when
+    # asked for and its kernel actually runs here.
+    attn = "sdpa"
+    if attention == "xformers":
+        if xformers_works(dev):
+            attn = "xformers"
+        else:
+            log.warning("--xformers requested but its kernel does not run on %s; using PyTorch SDPA", dev)
+    policy = DevicePolicy(dev, dtype, vae_dtype, attn, lowvram and dev.startswith("cuda"))
+    log.info("device policy: %s", policy.describe())
+    return policy

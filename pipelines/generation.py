@@ -1,0 +1,316 @@
+"""txt2img: one typed request in, images + infotext + seeds out (saved with parameters embedded).
+
+The sampling loop is diffusers' own pipeline call; this module supplies what A1111 users expect
+around it: A1111 prompt syntax (embeddings from `conditioning`), CPU-drawn seeded noise with
+variation seeds, prompt editing during sampling (via `callback_on_step_end`), hires fix, live
+progress with previews, interrupt/skip, and saving with infotext.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import detect, params, samplers
+from .conditioning import Conditioning, PromptEncoder, at_step
+from .errors import Interrupted, Skipped, UserError
+from .infotext import build_infotext
+from .jobs import JobControl
+from .manager import PipelineManager
+from .noise import image_noise
+from .outputs import OutputSaver
+from .params import GenerationRequest
+from .preview import approx_rgb
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GenerationResult:
+    images: list = field(default_factory=list)            # PIL images, in order
+    infotexts: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    subseeds: list[int] = field(default_factory=list)
+    paths: list[Path] = field(default_factory=list)       # saved files (empty when not saved)
+    grid_path: Path | None = None
+    request: GenerationRequest | None = None
+    interrupted: bool = False
+    skipped: int = 0
+    seconds: float = 0.0
+    steps_run: int = 0
+
+    def info(self) -> dict[str, Any]:
+        """A1111's `info` object (the API returns it as a JSON string)."""
+        r = self.request
+        return {
+            "prompt": r.prompt if r else "",
+            "all_prompts": [r.prompt] * len(self.images) if r else [],
+            "negative_prompt": r.negative_prompt if r else "",
+            "all_negative_prompts": [r.negative_prompt] * len(self.images) if r else [],
+            "seed": self.seeds[0] if self.seeds else None,
+            "all_seeds": self.seeds,
+            "subseed": self.subseeds[0] if self.subseeds else None,
+            "all_subseeds": self.subseeds,
+            "subseed_strength": r.subseed_strength if r else 0,
+            "width": r.width if r else None,
+            "height": r.height if r else None,
+            "sampler_name": r.sampler_name if r else None,
+            "cfg_scale": r.cfg_scale if r else None,
+            "steps": r.steps if r else None,
+            "batch_size": r.batch_size if r else None,
+            "clip_skip": r.clip_skip if r else None,
+            "infotexts": self.infotexts,
+            "interrupted": self.interrupted,
+        }
+
+
+class _StepTracker:
+    """Counts sampler steps over the whole job for progress, previews, ETA and interrupt checks."""
+
+    def __init__(self, control: JobControl | None, total_steps: int, images: int, sdxl: bool, preview_every: int):
+        self.control = control
+        self.total = max(1, total_steps)
+        self.done = 0
+        self.images = images
+        self.sdxl = sdxl
+        self.preview_every = preview_every
+
+    def step(self, latents: torch.Tensor | None, step: int, steps: int, image: int, label: str) -> None:
+        self.done += 1
+        if self.control is None:
+            return
+        changes: dict[str, Any] = dict(fraction=min(1.0, self.done / self.total), step=step + 1, steps=steps,
+                                       image=image, images=self.images,
+                                       text=f"{label} step {step + 1}/{steps}, image {image + 1}/{self.images}")
+        if latents is not None and self.preview_every and ((step + 1) % self.preview_every == 0):
+            changes["preview"] = approx_rgb(latents, self.sdxl)
+        self.control.update(**changes)
+        self.control.check()
+
+
+class Engine:
+    """Runs generation requests on a PipelineManager's active checkpoint and saves the results."""
+
+    def __init__(self, manager: PipelineManager, saver: OutputSaver | None = None, *, preview_every: int = 5):
+        self.manager = manager
+        self.saver = saver
+        self.preview_every = preview_every
+
+    # ------------------------------------------------------------------ public
+    def txt2img(self, req: GenerationRequest, control: JobControl | None = None, *, save: bool = True) -> GenerationResult:
+        params.check_request(req)
+        start = time.perf_counter()
+        with self.manager.lock:
+            loaded = self._prepare_model(req)
+            result = self._run_txt2img(req, loaded, control, save)
+        result.seconds = time.perf_counter() - start
+        return result
+
+    # ------------------------------------------------------------------ model
+    def _prepare_model(self, req: GenerationRequest):
+        if req.sd_model_checkpoint:
+            self.manager.load(req.sd_model_checkpoint)
+        loaded = self.manager.require_active()
+        if req.sd_vae:
+            self.manager.set_vae(req.sd_vae)
+        return loaded
+
+    # ------------------------------------------------------------------ txt2img
+    def _run_txt2img(self, req: GenerationRequest, loaded, control: JobControl | None, save: bool) -> GenerationResult:
+        pipe = self.manager.pipeline("txt2img")
+        sdxl = loaded.arch.family in (detect.SDXL, detect.SDXL_REFINER)
+        n_images = req.batch_size * req.n_iter
+        seed = params.resolve_seed(req.seed)
+        subseed = params.resolve_seed(req.subseed)
+        seeds = [seed + (i if req.subseed_strength == 0 else 0) for i in range(n_images)]
+        subseeds = [subseed + i for i in range(n_images)]
+        hr_size = self._hires_size(req)
+        hr_steps = (req.hr_second_pass_steps or req.steps) if hr_size else 0
+        hr_run = int(hr_steps * req.denoising_strength) if hr_size else 0
+        per_image_steps = _runs(req.sampler_name, req.steps) + _runs(req.sampler_name, hr_run)
+        tracker = _StepTracker(control, per_image_steps * req.n_iter, n_images, sdxl, self.preview_every)
+
+        encoder = PromptEncoder(pipe, req.clip_skip)
+        result = GenerationResult(request=req)
+        for it in range(req.n_iter):
+            b0 = it * req.batch_size
+            batch_seeds, batch_subseeds = seeds[b0:b0 + req.batch_size], subseeds[b0:b0 + req.batch_size]
+            try:
+                if control is not None:
+                    control.check()
+                latents, gens = self._sample(pipe, loaded, encoder, req, req.steps, req.width, req.height,
+                                             batch_seeds, batch_subseeds, tracker, b0, "txt2img")
+                if hr_size:
+                    latents = self._hires(loaded, encoder, req, latents, gens, hr_size, hr_steps, tracker, b0)
+                images = self._decode(pipe, latents)
+            except Skipped:
+                result.skipped += 1
+                continue
+            except Interrupted:
+                result.interrupted = True
+                break
+            for k, image in enumerate(images):
+                self._finish_image(result, loaded, req, image, batch_seeds[k], batch_subseeds[k], save)
+        if save and self.saver and len(result.images) > 1 and self.saver_grid:
+            result.grid_path = self.saver.save_grid(result.images, result.infotexts[0], seed=result.seeds[0],
+                                                    prompt=req.prompt, model_name=loaded.info.model_name)
+        result.steps_run = tracker.done
+        return result
+
+    saver_grid = False  # A1111's "save grid" option; the UI shows the batch in the gallery either way
+
+    def _finish_image(self, result: GenerationResult, loaded, req, image, seed: int, subseed: int, save: bool):
+        infotext = build_infotext(req.prompt, req.negative_prompt, params.infotext_params(
+            req, seed=seed, subseed=subseed, model_hash=loaded.info.shorthash,
+            model_name=loaded.info.model_name, vae_name=loaded.vae_name, mode="txt2img"))
+        result.images.append(image)
+        result.infotexts.append(infotext)
+        result.seeds.append(seed)
+        result.subseeds.append(subseed)
+        if save and self.saver is not None:
+            result.paths.append(self.saver.save(image, infotext, kind="txt2img-images", seed=seed, prompt=req.prompt,
+                                                model_name=loaded.info.model_name,
+                                                extra={"steps": req.steps, "cfg": req.cfg_scale,
+                                                       "sampler": req.sampler_name}))
+
+    @staticmethod
+    def _hires_size(req: GenerationRequest) -> tuple[int, int] | None:
+        if not req.enable_hr:
+            return None
+        if req.hr_resize_x or req.hr_resize_y:
+            w = req.hr_resize_x or int(req.width * req.hr_resize_y / req.height)
+            h = req.hr_resize_y or int(req.height * req.hr_resize_x / req.width)
+        else:
+            w, h = int(req.width * req.hr_scale), int(req.height * req.hr_scale)
+        w, h = w - w % 8, h - h % 8
+        if w * h > params.MAX_PIXELS:
+            raise UserError(f"hires fix target {w}x{h} exceeds the {params.MAX_PIXELS // 1_000_000} MP limit")
+        return w, h
+
+    # ------------------------------------------------------------------ sampling
+    def _embeds(self, encoder: PromptEncoder, req: GenerationRequest, steps: int):
+        cond_sched = encoder.schedule(req.prompt, steps)
+        uncond_sched = encoder.schedule(req.negative_prompt, steps)
+        chunks = max(c.chunks for _, c in cond_sched + uncond_sched)
+        cond_sched = [(e, encoder.pad(c, chunks)) for e, c in cond_sched]
+        uncond_sched = [(e, encoder.pad(c, chunks)) for e, c in uncond_sched]
+        return cond_sched, uncond_sched
+
+    def _sample(self, pipe, loaded, encoder, req, steps, width, height, seeds, subseeds, tracker, image0, label,
+                image=None, strength=None, gens=None):
+        """One diffusers call producing latents; prompt schedules swap embeddings between steps."""
+        batch = len(seeds)
+        cond_sched, uncond_sched = self._embeds(encoder, req, steps)
+        device = pipe.unet.device
+        dtype = pipe.unet.dtype
+        sdxl = "add_text_embeds" in getattr(pipe, "_callback_tensor_inputs", [])
+        kwargs: dict[str, Any] = {}
+        if image is None:
+            shape = (batch, 4, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
+            noise, gens = image_noise(shape, seeds, subseeds, req.subseed_strength)
+            kwargs["latents"] = noise.to(device, dtype)
+        else:
+            kwargs["image"] = image
+            kwargs["strength"] = strength
+        if loaded.arch.inpaint:
+            kwargs.update(_full_mask_inputs(pipe, width, height, image))
+        pipe.scheduler = samplers.build_scheduler(loaded.scheduler_config, req.sampler_name, req.scheduler)
+
+        def embeds_at(step: int) -> tuple[Conditioning, Conditioning]:
+            return at_step(cond_sched, step), at_step(uncond_sched, step)
+
+        cond, uncond = embeds_at(0)
+        kwargs.update(prompt_embeds=cond.embeds.repeat(batch, 1, 1),
+                      negative_prompt_embeds=uncond.embeds.repeat(batch, 1, 1))
+        if sdxl:
+            kwargs.update(pooled_prompt_embeds=cond.pooled.repeat(batch, 1),
+                          negative_pooled_prompt_embeds=uncond.pooled.repeat(batch, 1))
+        changing = len(cond_sched) > 1 or len(uncond_sched) > 1
+        tensor_inputs = ["latents"] + (["prompt_embeds"] + (["add_text_embeds"] if sdxl else []) if changing else [])
+
+        def on_step_end(p, i, t, cb_kwargs):
+            out = {}
+            if changing:
+                c, u = embeds_at(i + 1)
+                cfg = p.do_classifier_free_guidance
+                out["prompt_embeds"] = torch.cat([u.embeds, c.embeds] if cfg else [c.embeds]) \
+                    .repeat_interleave(batch, dim=0).to(cb_kwargs["prompt_embeds"].dtype)
+                if sdxl:
+                    out["add_text_embeds"] = torch.cat([u.pooled, c.pooled] if cfg else [c.pooled]) \
+                        .repeat_interleave(batch, dim=0).to(cb_kwargs["add_text_embeds"].dtype)
+            tracker.step(cb_kwargs.get("latents"), i, p.num_timesteps, image0, label)
+            return out
+
+        accepted = _call_params(pipe)
+        if "eta" in accepted:
+            kwargs["eta"] = req.eta
+        if "height" in accepted:  # img2img pipelines take the size from the image
+            kwargs.update(height=height, width=width)
+        latents = pipe(num_inference_steps=steps, guidance_scale=req.cfg_scale, generator=gens, output_type="latent",
+                       callback_on_step_end=on_step_end, callback_on_step_end_tensor_inputs=tensor_inputs,
+                       **kwargs).images
+        return latents, gens
+
+    def _hires(self, loaded, encoder, req, latents, gens, size, steps, tracker, image0):
+        w, h = size
+        pipe = self.manager.pipeline("img2img")
+        # 9-channel inpainting UNets need a real image (+ mask) for the second pass: upscale in pixels.
+        if req.hr_upscaler.startswith("Latent") and not loaded.arch.inpaint:
+            mode = {"Latent": "bilinear", "Latent (nearest)": "nearest", "Latent (nearest-exact)": "nearest-exact",
+                    "Latent (bicubic)": "bicubic"}[req.hr_upscaler]
+            image = torch.nn.functional.interpolate(latents.float(), size=(h // 8, w // 8), mode=mode).to(latents.dtype)
+        else:
+            from PIL import Image
+
+            resample = Image.NEAREST if req.hr_upscaler == "Nearest" else Image.LANCZOS
+            image = [im.resize((w, h), resample) for im in self._decode(pipe, latents)]
+        if int(steps * req.denoising_strength) < 1:
+            return image if isinstance(image, torch.Tensor) else _encode_images(pipe, image)
+        out, _ = self._sample(pipe, loaded, encoder, req, steps, w, h, [0] * latents.shape[0], None, tracker,
+                              image0, "hires", image=image, strength=req.denoising_strength, gens=gens)
+        return out
+
+    @torch.no_grad()
+    def _decode(self, pipe, latents: torch.Tensor) -> list:
+        vae = pipe.vae
+        lat = latents.to(vae.dtype) / vae.config.scaling_factor
+        if getattr(vae.config, "shift_factor", None):
+            lat = lat + vae.config.shift_factor
+        decoded = vae.decode(lat, return_dict=False)[0]
+        return pipe.image_processor.postprocess(decoded.float(), output_type="pil")
+
+
+def _runs(sampler_name: str, steps: int) -> int:
+    """Callbacks per pass: second-order samplers call back at every (sub)step diffusers runs."""
+    if steps <= 0:
+        return 0
+    return 2 * steps - 1 if sampler_name in ("Heun", "DPM2", "DPM2 a") else steps
+
+
+def _call_params(pipe) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(type(pipe).__call__).parameters)
+
+
+def _full_mask_inputs(pipe, width: int, height: int, image) -> dict:
+    """9-channel inpainting checkpoints in txt2img / hires: a full white mask over a blank (or given) image."""
+    from PIL import Image
+
+    if image is None or isinstance(image, torch.Tensor):
+        init = Image.new("RGB", (width, height), (127, 127, 127))
+        extra = {"image": init, "strength": 1.0} if image is None else {}
+    else:
+        extra = {}
+    return {"mask_image": Image.new("L", (width, height), 255), **extra}
+
+
+@torch.no_grad()
+def _encode_images(pipe, images) -> torch.Tensor:
+    tensor = pipe.image_processor.preprocess(images).to(pipe.vae.device, pipe.vae.dtype)
+    latents = pipe.vae.encode(tensor).latent_dist.mode()
+    return latents * pipe.vae.config.scaling_factor

@@ -1,0 +1,305 @@
+"""Generation parameters, each declared once.
+
+Every parameter is one `Param`: its request/API field name (AUTOMATIC1111's API names), type, default,
+range or choices, UI label and widget hint, and its infotext key. Request validation, infotext
+writing/parsing, presets, the UI widgets and the API schema are all derived from `PARAMS`; adding a
+parameter means adding one `Param` here plus its use in the engine.
+"""
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from . import samplers
+from .errors import ParameterError
+
+# Upper bound that protects memory: 2048x2048 worth of pixels (A1111 allows 2048 per side).
+MAX_SIDE = 2048
+MAX_PIXELS = 2048 * 2048
+SEED_MAX = 2**32 - 1
+HIRES_UPSCALERS = ("Latent", "Latent (nearest)", "Latent (nearest-exact)", "Latent (bicubic)", "Lanczos", "Nearest")
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: type
+    default: Any
+    label: str
+    infotext: str | None = None          # key written to / read from infotext (None: not in infotext)
+    minimum: float | None = None
+    maximum: float | None = None
+    step: float | None = None
+    choices: Callable[[], Iterable[str]] | tuple[str, ...] | None = None
+    widget: str = "auto"                 # UI hint: auto, textbox, slider, dropdown, checkbox, number
+    group: str = "main"                  # UI grouping: prompt, sampling, size, batch, seed, hires, model
+    modes: tuple[str, ...] = ("txt2img", "img2img")
+    doc: str = ""
+    # Infotext: write only when this says so (default: when value differs from default).
+    write_if: Callable[[Any, Any], bool] | None = None
+    aliases: tuple[str, ...] = ()        # other field names accepted on input (legacy API names)
+
+    def choice_list(self) -> list[str] | None:
+        if self.choices is None:
+            return None
+        return list(self.choices() if callable(self.choices) else self.choices)
+
+    def convert(self, value: Any) -> Any:
+        """Convert and check one value; raises ParameterError naming the field."""
+        if value is None:
+            return self.default
+        try:
+            if self.type is bool:
+                if isinstance(value, str):
+                    low = value.strip().lower()
+                    if low not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+                        raise ValueError(value)
+                    value = low in ("true", "1", "yes", "on")
+                elif not isinstance(value, (bool, int)):
+                    raise ValueError(value)
+                value = bool(value)
+            elif self.type is int:
+                if isinstance(value, bool):
+                    raise ValueError(value)
+                if isinstance(value, float) and not value.is_integer():
+                    raise ValueError(value)
+                value = int(float(value)) if isinstance(value, str) else int(value)
+            elif self.type is float:
+                if isinstance(value, bool):
+                    raise ValueError(value)
+                value = float(value)
+                if value != value:  # NaN
+                    raise ValueError(value)
+            elif self.type is str:
+                if not isinstance(value, str):
+                    raise ValueError(value)
+        except (TypeError, ValueError, OverflowError):
+            raise ParameterError(self.name, f"expected {self.type.__name__}, got {value!r}") from None
+        if self.minimum is not None and value < self.minimum:
+            raise ParameterError(self.name, f"{value} is below the minimum {self.minimum:g}")
+        if self.maximum is not None and value > self.maximum:
+            raise ParameterError(self.name, f"{value} is above the maximum {self.maximum:g}")
+        choices = self.choice_list()
+        if choices is not None and value not in choices:
+            raise ParameterError(self.name, f"{value!r} is not one of: {', '.join(map(str, choices))}")
+        return value
+
+
+def _nonempty(value, _default) -> bool:
+    return bool(value)
+
+
+def _always(_value, _default) -> bool:
+    return True
+
+
+def _clip_skip_written(value, _default) -> bool:
+    return value > 1  # A1111 writes "Clip skip" only above 1
+
+
+PARAMS: tuple[Param, ...] = (
+    Param("prompt", str, "", "Prompt", widget="textbox", group="prompt"),
+    Param("negative_prompt", str, "", "Negative prompt", widget="textbox", group="prompt"),
+    Param("steps", int, 20, "Sampling steps", "Steps", 1, 150, 1, group="sampling", write_if=_always),
+    Param("sampler_name", str, "Euler a", "Sampling method", "Sampler", choices=lambda: samplers.SAMPLER_NAMES,
+          widget="dropdown", group="sampling",
+          write_if=_always, aliases=("sampler_index",),
+          doc="A1111 sampler name; old combined names like 'DPM++ 2M Karras' are accepted"),
+    Param("scheduler", str, "Automatic", "Schedule type", "Schedule type", choices=samplers.SCHEDULE_NAMES,
+          widget="dropdown", group="sampling", write_if=_always),
+    Param("cfg_scale", float, 7.0, "CFG Scale", "CFG scale", 0.0, 30.0, 0.5, group="sampling", write_if=_always),
+    Param("seed", int, -1, "Seed", "Seed", -1, SEED_MAX, group="seed", write_if=_always,
+          doc="-1 picks a random seed; image i of a batch uses seed + i"),
+    Param("width", int, 512, "Width", "Size-1", 64, MAX_SIDE, 8, group="size", write_if=_always),
+    Param("height", int, 512, "Height", "Size-2", 64, MAX_SIDE, 8, group="size", write_if=_always),
+    Param("sd_model_checkpoint", str, "", "Checkpoint", "Model", group="model", widget="dropdown",
+          write_if=_nonempty, doc="checkpoint title or name; empty = the active one"),
+    Param("sd_vae", str, "", "VAE", "VAE", group="model", widget="dropdown",
+          doc="empty = keep the current choice; 'Automatic' (sidecar or the checkpoint's own), "
+              "'None' (the checkpoint's own) or a VAE name"),
+    Param("subseed", int, -1, "Variation seed", "Variation seed", -1, SEED_MAX, group="seed"),
+    Param("subseed_strength", float, 0.0, "Variation strength", "Variation seed strength", 0.0, 1.0, 0.01,
+          group="seed"),
+    Param("denoising_strength", float, 0.7, "Denoising strength", "Denoising strength", 0.0, 1.0, 0.01,
+          group="hires"),
+    Param("clip_skip", int, 1, "Clip skip", "Clip skip", 1, 12, 1, group="sampling", write_if=_clip_skip_written),
+    Param("eta", float, 0.0, "Eta (DDIM / ancestral noise)", "Eta", 0.0, 1.0, 0.01, group="sampling"),
+    Param("batch_size", int, 1, "Batch size", None, 1, 8, 1, group="batch"),
+    Param("n_iter", int, 1, "Batch count", None, 1, 100, 1, group="batch"),
+    Param("enable_hr", bool, False, "Hires. fix", None, group="hires", widget="checkbox", modes=("txt2img",)),
+    Param("hr_scale", float, 2.0, "Upscale by", "Hires upscale", 1.0, 4.0, 0.05, group="hires", modes=("txt2img",)),
+    Param("hr_upscaler", str, "Latent", "Upscaler", "Hires upscaler", choices=HIRES_UPSCALERS, widget="dropdown",
+          group="hires", modes=("txt2img",)),
+    Param("hr_second_pass_steps", int, 0, "Hires steps", "Hires steps", 0, 150, 1, group="hires",
+          modes=("txt2img",), doc="0 = same as sampling steps"),
+    Param("hr_resize_x", int, 0, "Resize width to", "Hires resize-1", 0, MAX_SIDE, 8, group="hires",
+          modes=("txt2img",)),
+    Param("hr_resize_y", int, 0, "Resize height to", "Hires resize-2", 0, MAX_SIDE, 8, group="hires",
+          modes=("txt2img",)),
+)
+
+BY_NAME: dict[str, Param] = {p.name: p for p in PARAMS}
+ALIASES: dict[str, str] = {a: p.name for p in PARAMS for a in p.aliases}
+
+
+def _request_replace(self, **changes):
+    return dataclasses.replace(self, **changes)
+
+
+def _request_to_dict(self) -> dict[str, Any]:
+    d = {p.name: getattr(self, p.name) for p in PARAMS}
+    d.update(self.extra)
+    return d
+
+
+# One generation job: a dataclass whose fields are generated from PARAMS (so a parameter is declared
+# once); `extra` holds parameters declared by extensions.
+GenerationRequest = dataclasses.make_dataclass(
+    "GenerationRequest",
+    [(p.name, p.type, field(default=p.default)) for p in PARAMS]
+    + [("extra", dict, field(default_factory=dict))],
+    namespace={"replace": _request_replace, "to_dict": _request_to_dict},
+)
+GenerationRequest.__module__ = __name__
+
+
+def declared_defaults() -> dict[str, Any]:
+    return {p.name: p.default for p in PARAMS}
+
+
+def make_request(values: dict[str, Any] | None = None, *, strict: bool = False, **kw) -> GenerationRequest:
+    """Validate a mapping of field → value into a request.
+
+    Unknown keys are ignored unless `strict` (then ParameterError names the key). Legacy aliases
+    (`sampler_index`) map to their field. A combined sampler name ("DPM++ 2M Karras") is split into
+    sampler + schedule type.
+    """
+    values = _split_combined_sampler(dict(values or {}, **kw))
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        name = ALIASES.get(key, key)
+        param = BY_NAME.get(name)
+        if param is None:
+            if strict:
+                raise ParameterError(key, "unknown parameter")
+            continue
+        if name in out and key != name:
+            continue  # the canonical field wins over its legacy alias
+        out[name] = param.convert(value)
+    req = GenerationRequest(**out)
+    check_request(req)
+    return req
+
+
+def _split_combined_sampler(values: dict[str, Any]) -> dict[str, Any]:
+    """'DPM++ 2M Karras' (A1111 before 1.9) → sampler 'DPM++ 2M' + schedule type 'Karras'."""
+    for key in ("sampler_name", "sampler_index", "Sampler"):
+        name = values.get(key)
+        if isinstance(name, str) and name:
+            sched_key = "Schedule type" if key == "Sampler" else "scheduler"
+            try:
+                s, sched = samplers.resolve(name, values.get(sched_key))
+            except ParameterError as err:
+                if key == "Sampler":
+                    continue  # kept as an unknown infotext value by the caller
+                raise ParameterError("sampler_name", str(err).split(": ", 1)[1]) from None
+            values[key] = s.name
+            values[sched_key] = sched
+    return values
+
+
+def check_request(req: GenerationRequest) -> None:
+    for name in ("width", "height", "hr_resize_x", "hr_resize_y"):
+        value = getattr(req, name)
+        if value % 8:
+            raise ParameterError(name, f"{value} is not a multiple of 8 (try {value - value % 8} or {value - value % 8 + 8})")
+    if req.width * req.height > MAX_PIXELS:
+        raise ParameterError("width", f"{req.width}x{req.height} exceeds the {MAX_PIXELS // 1_000_000} MP limit")
+    samplers.resolve(req.sampler_name, req.scheduler)
+
+
+def resolve_seed(seed: int) -> int:
+    return random.randrange(SEED_MAX + 1) if seed is None or seed < 0 else int(seed)
+
+
+# ---------------------------------------------------------------- infotext <-> request
+
+_INFOTEXT_ORDER = ("Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model hash", "Model",
+                   "VAE hash", "VAE", "Variation seed", "Variation seed strength", "Denoising strength",
+                   "Clip skip", "Eta")
+
+
+def infotext_params(req: GenerationRequest, *, seed: int | None = None, subseed: int | None = None,
+                    model_hash: str | None = None, model_name: str | None = None, vae_name: str | None = None,
+                    vae_hash: str | None = None, mode: str = "txt2img", extra: dict | None = None) -> dict[str, Any]:
+    """The ordered `key: value` pairs of an image's infotext (A1111 key order)."""
+    values = {p.infotext: getattr(req, p.name) for p in PARAMS if p.infotext and mode in p.modes
+              and (p.write_if or (lambda v, d: v != d))(getattr(req, p.name), p.default)}
+    if seed is not None:
+        values["Seed"] = seed
+    values["Size"] = f"{req.width}x{req.height}"
+    values.pop("Size-1", None)
+    values.pop("Size-2", None)
+    values["Model hash"] = model_hash
+    values["Model"] = model_name or req.sd_model_checkpoint or None
+    values["VAE hash"] = vae_hash
+    values["VAE"] = vae_name
+    if req.subseed_strength > 0:
+        values["Variation seed"] = subseed if subseed is not None else req.subseed
+        values["Variation seed strength"] = req.subseed_strength
+    else:
+        values.pop("Variation seed", None)
+        values.pop("Variation seed strength", None)
+    hires_keys = {BY_NAME[n].infotext for n in ("hr_scale", "hr_upscaler", "hr_second_pass_steps",
+                                                "hr_resize_x", "hr_resize_y")}
+    for k in hires_keys:
+        values.pop(k, None)
+    if mode == "txt2img":
+        if req.enable_hr:
+            values["Denoising strength"] = req.denoising_strength
+        else:
+            values.pop("Denoising strength", None)
+    ordered = {k: values[k] for k in _INFOTEXT_ORDER if k in values}
+    ordered.update({k: v for k, v in values.items() if k not in ordered})
+    if mode == "txt2img" and req.enable_hr:
+        if req.hr_resize_x or req.hr_resize_y:
+            ordered["Hires resize"] = f"{req.hr_resize_x}x{req.hr_resize_y}"
+        else:
+            ordered["Hires upscale"] = req.hr_scale
+        if req.hr_second_pass_steps:
+            ordered["Hires steps"] = req.hr_second_pass_steps
+        ordered["Hires upscaler"] = req.hr_upscaler
+    if extra:
+        ordered.update(extra)
+    return {k: v for k, v in ordered.items() if v is not None}
+
+
+def request_values_from_infotext(params: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Map parsed infotext pairs to request field values; returns (known fields, unknown pairs kept).
+
+    Values that do not convert (e.g. a sampler this product lacks) are left in the unknown pairs
+    rather than dropped, so the caller can show them.
+    """
+    by_key = {p.infotext: p for p in PARAMS if p.infotext}
+    by_key["Hires resize-1"] = BY_NAME["hr_resize_x"]
+    by_key["Hires resize-2"] = BY_NAME["hr_resize_y"]
+    known: dict[str, Any] = {}
+    unknown: dict[str, str] = {}
+    params = _split_combined_sampler(dict(params))
+    for key, raw in params.items():
+        param = by_key.get(key)
+        if param is None:
+            if key not in ("Size", "Hires resize"):
+                unknown[key] = raw
+            continue
+        try:
+            known[param.name] = param.convert(raw)
+        except ParameterError:
+            unknown[key] = raw
+    if any(k.startswith("Hires") for k in params):
+        known["enable_hr"] = True
+    if "Variation seed strength" not in params:
+        known.pop("subseed", None)
+    return known, unknown

@@ -1,0 +1,99 @@
+"""Shared fixtures: tiny random models of the real architectures, written in the real on-disk layouts.
+
+`tiny_models` builds once per session a models folder in AUTOMATIC1111's layout:
+
+    models/Stable-diffusion/tiny-sd1.safetensors          single-file, original LDM keys
+    models/Stable-diffusion/tiny-sd1-inpaint.safetensors  9-channel UNet
+    models/Stable-diffusion/sub/tiny-sd2.safetensors      (recursive discovery)
+    models/Stable-diffusion/tiny-sdxl.safetensors
+    models/Stable-diffusion/tiny-sdxl-refiner.safetensors
+    models/Stable-diffusion/tiny-sd1-diffusers/           diffusers folder
+    models/Stable-diffusion/tiny-sdxl-diffusers/
+    configs/<family>/                                     the tiny equivalent of pipelines/configs/
+
+The loader is pointed at `configs/` instead of the bundled full-size configs; every other code path
+(header detection, single-file conversion, tokenizers, manager, generation) is the real one.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+
+@dataclass
+class TinyModels:
+    root: Path
+    models: Path
+    configs: Path
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.models / "Stable-diffusion"
+
+
+FILES = {
+    "sd1": "tiny-sd1.safetensors",
+    "sd1_inpaint": "tiny-sd1-inpaint.safetensors",
+    "sd2": "sub/tiny-sd2.safetensors",
+    "sdxl": "tiny-sdxl.safetensors",
+    "sdxl_refiner": "tiny-sdxl-refiner.safetensors",
+}
+FOLDERS = {"sd1": "tiny-sd1-diffusers", "sdxl": "tiny-sdxl-diffusers"}
+FAMILY_OF = {"sd1": "sd1", "sd1_inpaint": "sd1", "sd2": "sd2", "sdxl": "sdxl", "sdxl_refiner": "sdxl_refiner"}
+
+
+def build_tiny_models(root: Path) -> TinyModels:
+    from bench.synth.factory import tiny_pipeline, write_config_folder, write_diffusers_folder, write_single_file
+
+    tm = TinyModels(root, root / "models", root / "configs")
+    tm.checkpoints.mkdir(parents=True, exist_ok=True)
+    for arch, name in FILES.items():
+        pipe = tiny_pipeline(arch, seed=1)
+        (tm.checkpoints / name).parent.mkdir(parents=True, exist_ok=True)
+        write_single_file(pipe, tm.checkpoints / name, arch)
+        if arch == FAMILY_OF[arch]:
+            write_config_folder(pipe, tm.configs / arch)
+        if arch in FOLDERS:
+            write_diffusers_folder(pipe, tm.checkpoints / FOLDERS[arch])
+    return tm
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> TinyModels:
+    return build_tiny_models(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture
+def make_manager(tiny_models, tmp_path):
+    """PipelineManager over the tiny models (fp32 on CPU), each test with its own hash cache."""
+    from pipelines.devices import make_policy
+    from pipelines.manager import PipelineManager
+    from pipelines.models import ModelPaths, ModelRegistry
+
+    def make(cache_size: int = 2, models_dir: Path | None = None, **kw) -> PipelineManager:
+        paths = ModelPaths(models_dir or tiny_models.models, cache_dir=tmp_path / "cache")
+        registry = ModelRegistry(paths, hashing=kw.pop("hashing", True))
+        return PipelineManager(registry, policy=make_policy("cpu", "fp32"), cache_size=cache_size,
+                               config_root=tiny_models.configs, **kw)
+
+    return make
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a network connection fails the test."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args!r}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")

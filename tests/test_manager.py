@@ -1,0 +1,203 @@
+"""Offline loading of every layout, every sampler, the RAM cache, mode sharing, errors that keep the old model."""
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+
+import pytest
+import torch
+
+from pipelines import samplers
+from pipelines.errors import ModelLoadError, ParameterError, UserError
+from pipelines.generation import Engine
+from pipelines.params import make_request
+
+from conftest import FILES, FOLDERS
+
+
+def _one_step(manager, sampler: str, schedule: str = "Automatic", **kw):
+    req = make_request(prompt="a cat", steps=1 if sampler not in ("DPM++ 3M SDE",) else 2, width=64, height=64,
+                       seed=3, sampler_name=sampler, scheduler=schedule, cfg_scale=5, **kw)
+    return Engine(manager).txt2img(req, save=False)
+
+
+@pytest.mark.parametrize("name", [FILES["sd1"], FOLDERS["sd1"], FILES["sd2"], FILES["sdxl"], FOLDERS["sdxl"],
+                                  FILES["sd1_inpaint"]])
+def test_loads_offline_and_generates(make_manager, no_network, name):
+    manager = make_manager()
+    loaded = manager.load(name)
+    assert manager.active is loaded and manager.disk_loads == 1
+    result = _one_step(manager, "Euler a")
+    assert result.images[0].size == (64, 64)
+    assert result.images[0].getextrema() != ((0, 0), (0, 0), (0, 0))
+
+
+def test_refiner_loads_but_refuses_txt2img_clearly(make_manager, no_network):
+    manager = make_manager()
+    manager.load(FILES["sdxl_refiner"])
+    with pytest.raises(UserError, match="refiner"):
+        _one_step(manager, "Euler")
+    assert type(manager.pipeline("img2img")).__name__ == "StableDiffusionXLImg2ImgPipeline"
+
+
+@pytest.mark.parametrize("arch", ["sd1", "sdxl"])
+def test_every_sampler_runs_a_step(make_manager, no_network, arch):
+    manager = make_manager()
+    manager.load(FILES[arch])
+    for name in samplers.SAMPLER_NAMES:
+        result = _one_step(manager, name)
+        assert result.images[0].size == (64, 64), name
+        assert type(manager.pipeline().scheduler).__name__ == samplers.get_sampler(name).cls_name
+    for sched in samplers.schedules_for("DPM++ 2M"):
+        _one_step(manager, "DPM++ 2M", sched)
+
+
+def test_sampler_names_and_schedules():
+    assert samplers.resolve("DPM++ 2M Karras") == (samplers.get_sampler("DPM++ 2M"), "Karras")
+    assert samplers.resolve("k_euler_a")[0].name == "Euler a"
+    sched = samplers.build_scheduler({"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
+                                     "DPM++ 2M", "Karras")
+    assert sched.config.use_karras_sigmas and sched.config.algorithm_type == "dpmsolver++"
+    assert "Karras" not in samplers.schedules_for("Euler a")
+    with pytest.raises(ParameterError, match="unknown sampler 'Bogus'"):
+        samplers.resolve("Bogus")
+    with pytest.raises(ParameterError, match="does not support the Karras schedule"):
+        samplers.resolve("Euler a", "Karras")
+
+
+def test_sampler_swap_reuses_weights(make_manager):
+    manager = make_manager()
+    manager.load(FILES["sd1"])
+    unet = manager.pipeline().unet
+    _one_step(manager, "Euler")
+    _one_step(manager, "DPM++ 2M", "Karras")
+    assert manager.pipeline().unet is unet and manager.disk_loads == 1
+
+
+def test_cached_switch_reads_nothing_from_disk(make_manager, monkeypatch):
+    manager = make_manager(cache_size=2)
+    a = manager.load(FILES["sd1"])
+    b = manager.load(FILES["sdxl"])
+    assert manager.disk_loads == 2
+
+    import safetensors.torch
+
+    def no_read(*args, **kwargs):
+        raise AssertionError("a cached switch read the disk")
+
+    monkeypatch.setattr(safetensors.torch, "load_file", no_read)
+    monkeypatch.setattr(torch, "load", no_read)
+    assert manager.load(FILES["sd1"]) is a
+    assert manager.load(FILES["sdxl"]) is b
+    assert manager.disk_loads == 2
+    monkeypatch.undo()
+
+    manager.load(FILES["sd2"])  # evicts the least recently used (sd1)
+    assert manager.disk_loads == 3
+    assert [t.split(" [")[0] for t in manager.loaded_titles] == [FILES["sdxl"], FILES["sd2"]]
+
+
+def test_modes_share_components(make_manager):
+    manager = make_manager()
+    loaded = manager.load(FILES["sd1"])
+    pipes = [manager.pipeline(m) for m in ("txt2img", "img2img", "inpaint")]
+    assert [type(p).__name__ for p in pipes] == ["StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline",
+                                                 "StableDiffusionInpaintPipeline"]
+    for p in pipes:
+        assert p.unet is loaded.pipe.unet and p.vae is loaded.pipe.vae and p.text_encoder is loaded.pipe.text_encoder
+    assert manager.disk_loads == 1
+
+
+def test_bad_inputs_keep_previous_model(make_manager, tiny_models, tmp_path):
+    ckdir = tiny_models.checkpoints
+    broken = ckdir / "zz-broken.safetensors"
+    data = (ckdir / FILES["sd1"]).read_bytes()
+    broken.write_bytes(data[: len(data) // 2])
+    lora = ckdir / "zz-lora.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"lora_te_text_model_encoder_layers_0_mlp_fc1.lora_up.weight": torch.zeros(4, 4)}, str(lora))
+    vanishing = ckdir / "zz-vanishing.safetensors"
+    shutil.copy(ckdir / FILES["sd2"], vanishing)
+    try:
+        manager = make_manager()
+        good = manager.load(FILES["sd1"])
+        vanishing.unlink()
+        for query, match in (("zz-broken", "truncated"), ("zz-lora", "not a Stable Diffusion checkpoint"),
+                             ("zz-vanishing", "file not found"), ("does-not-exist", "not found")):
+            with pytest.raises(UserError, match=match):
+                manager.load(query)
+            assert manager.active is good
+        with pytest.raises(ParameterError, match="unknown sampler"):
+            _one_step(manager, "Nope")
+        assert _one_step(manager, "Euler").images  # still works
+    finally:
+        for p in (broken, lora, vanishing):
+            p.unlink(missing_ok=True)
+
+
+def test_corrupt_tensor_data_is_a_load_error(make_manager, tiny_models):
+    # Header intact, a tensor's bytes replaced with the right length of wrong-shaped config → conversion fails.
+    src = tiny_models.checkpoints / FILES["sd1"]
+    bad = tiny_models.checkpoints / "zz-wrongarch.safetensors"
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(str(src))
+    key = next(k for k in sd if k.startswith("model.diffusion_model.out.2.weight"))
+    sd[key] = torch.zeros(3, 3)
+    save_file(sd, str(bad))
+    try:
+        manager = make_manager()
+        good = manager.load(FILES["sd1"])
+        with pytest.raises(ModelLoadError, match="zz-wrongarch.safetensors: could not be loaded"):
+            manager.load("zz-wrongarch")
+        assert manager.active is good
+    finally:
+        bad.unlink(missing_ok=True)
+
+
+def test_load_waits_for_running_generation(make_manager):
+    manager = make_manager()
+    manager.load(FILES["sd1"])
+    events = []
+    started = threading.Event()
+
+    def slow_job():
+        with manager.session("txt2img"):
+            started.set()
+            events.append("generation start")
+            time.sleep(0.5)
+            events.append("generation end")
+
+    t = threading.Thread(target=slow_job)
+    t.start()
+    started.wait(5)
+    manager.load(FILES["sdxl"])
+    events.append("load done")
+    t.join()
+    assert events == ["generation start", "generation end", "load done"]
+
+
+def test_vae_override_and_restore(make_manager, tiny_models, tmp_path):
+    from bench.synth.factory import tiny_pipeline
+    from bench.synth.ldm_export import export_vae_file
+
+    vae_dir = tiny_models.models / "VAE"
+    vae_dir.mkdir(exist_ok=True)
+    export_vae_file(tiny_pipeline("sd1", seed=7).vae, vae_dir / "other.safetensors")
+    manager = make_manager()
+    manager.registry.refresh()
+    loaded = manager.load(FILES["sd1"])
+    own = loaded.pipe.vae
+    base = _one_step(manager, "Euler").images[0]
+    assert manager.set_vae("other") == "other.safetensors"
+    assert manager.pipeline("img2img").vae is loaded.pipe.vae is not own
+    swapped = _one_step(manager, "Euler")
+    assert "VAE: other.safetensors" in swapped.infotexts[0]
+    assert swapped.images[0].tobytes() != base.tobytes()
+    manager.set_vae("None")
+    assert loaded.pipe.vae is own
+    assert _one_step(manager, "Euler").images[0].tobytes() == base.tobytes()
+    with pytest.raises(UserError, match="VAE 'missing' not found"):
+        manager.set_vae("missing")

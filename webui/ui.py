@@ -1,0 +1,336 @@
+"""The Gradio Blocks app: top bar (checkpoint, VAE, status), the tabs, and the wiring between them."""
+from __future__ import annotations
+
+import html
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from pipelines.errors import UserError
+
+from .auth import AccessControl, is_exposed
+from .services import Services
+from .ui_common import PasteRegistry, PasteTarget, errors_to_ui, progress_html, user_error
+from .widgets import make_widget
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.3
+
+# Tabs that take an image from another tab. None exists yet: when img2img/inpaint tabs are added
+# they list themselves here and every "Send to" button appears, wired, with no other change.
+IMAGE_TABS: tuple[str, ...] = ()
+
+CSS = """
+#topbar { align-items: end; gap: 8px; }
+#topbar .tool, .tool { max-width: 44px; min-width: 40px !important; height: 40px; align-self: end; }
+#model_status { font-size: 0.9em; opacity: 0.9; align-self: center; }
+.model-status .progress-bar { margin-top: 4px; }
+.prompt-box { position: relative; }
+.token-counter-box { position: absolute !important; right: 6px; top: 4px; z-index: 10; width: auto !important;
+                     pointer-events: none; }
+.token-counter { font-size: 0.8em; padding: 1px 6px; border-radius: 6px; background: var(--block-background-fill);
+                 border: 1px solid var(--border-color-primary); opacity: 0.85; }
+.token-counter.over { color: var(--color-accent); }
+#txt2img_generate { min-height: 78px; font-size: 1.2em; }
+.job-progress { margin: 2px 0 6px 0; }
+.progress-bar { height: 8px; border-radius: 4px; background: var(--border-color-primary); overflow: hidden; }
+.progress-fill { height: 100%; background: var(--color-accent); transition: width 0.2s; }
+.progress-text { font-size: 0.9em; margin-top: 3px; }
+.pnginfo-table { width: 100%; border-collapse: collapse; font-size: 0.92em; }
+.pnginfo-table th { text-align: left; vertical-align: top; padding: 3px 10px 3px 0; white-space: nowrap; opacity: 0.8; }
+.pnginfo-table td { padding: 3px 0; word-break: break-word; white-space: pre-wrap; }
+.no-model { border: 1px solid var(--color-accent); border-radius: 8px; padding: 10px 14px; }
+footer { display: none !important; }
+"""
+
+HEAD_JS = """
+<script>
+document.addEventListener('keydown', (e) => {
+  if ((e.ctrlKey || e.metaKey) && e.key === 'Enter') {
+    const tab = document.querySelector('#tab_txt2img');
+    const btn = document.querySelector('#txt2img_generate');
+    if (btn && tab && tab.offsetParent !== null) { e.preventDefault(); btn.click(); }
+  }
+});
+</script>
+"""
+
+
+@dataclass
+class UIContext:
+    services: Services
+    access: AccessControl
+    paste: PasteRegistry = field(default_factory=lambda: PasteRegistry(image_tabs=IMAGE_TABS))
+    checkpoint: Any = None
+    vae: Any = None
+    tabs: Any = None
+    startup_job: Any = None            # the initial checkpoint load, if any
+
+    @property
+    def args(self):
+        return self.services.args
+
+    @property
+    def exposed(self) -> bool:
+        return is_exposed(self.args)
+
+    @property
+    def can_open_folder(self) -> bool:
+        # Opening a folder happens on the server machine: only sensible for a local, unexposed app.
+        return not self.exposed and (sys.platform in ("win32", "darwin") or shutil.which("xdg-open") is not None)
+
+    @property
+    def paste_tabs(self) -> tuple[str, ...]:
+        """Tabs that receive pasted parameters (PNG Info → ...), in tab order."""
+        return ("txt2img",) + self.paste.image_tabs
+
+    def open_folder(self, folder: Path) -> bool:
+        if not self.can_open_folder:
+            return False
+        folder.mkdir(parents=True, exist_ok=True)
+        cmd = {"win32": ["explorer"], "darwin": ["open"]}.get(sys.platform, ["xdg-open"])
+        try:
+            subprocess.Popen([*cmd, str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            return True
+        except OSError:
+            return False
+
+    # ------------------------------------------------------------------ models
+    def checkpoint_titles(self) -> list[str]:
+        return [m.title for m in self.services.registry.checkpoints]
+
+    def vae_choices(self) -> list[str]:
+        return ["Automatic", "None"] + [m.name for m in self.services.registry.vaes]
+
+    def current_checkpoint(self) -> str | None:
+        m = self.services.manager
+        if m.active is not None:
+            return m.active.info.title
+        job = self.startup_job
+        if job is not None and not job.done.is_set():
+            return getattr(job, "target_title", None)
+        return None
+
+    def find_checkpoint(self, query: str) -> str | None:
+        try:
+            return self.services.registry.find_checkpoint(query).title
+        except UserError:
+            return None
+
+    def loading(self) -> bool:
+        job = self.startup_job
+        return job is not None and not job.done.is_set()
+
+    def require_model(self, wanted: str) -> None:
+        if wanted or self.services.manager.active is not None or self.loading():
+            return
+        raise UserError(no_model_message(self.services))
+
+    def wire_send_image(self, button, state, target: PasteTarget) -> None:
+        """Send the selected result image (and its parameters) to an image tab."""
+
+        def send(st: dict):
+            st = st or {}
+            paths = st.get("paths") or []
+            if not paths:
+                raise gr.Error("Generate an image first")
+            idx = min(st.get("index", 0), len(paths) - 1)
+            return gr.Tabs(selected=target.tab_id), paths[idx]
+
+        button.click(send, inputs=state, outputs=[self.tabs, target.image], show_progress="hidden",
+                     api_visibility="private")
+
+
+def no_model_message(services: Services) -> str:
+    dirs = services.paths.dirs("checkpoints")
+    return (f"no checkpoint found. Put a .safetensors checkpoint (or a diffusers folder) in {dirs[0]}, "
+            f"or start with --models-dir pointing at an existing AUTOMATIC1111 models folder "
+            f"(or --ckpt-dir at a folder of checkpoints), then press 🔄")
+
+
+def no_model_markdown(services: Services, download: bool) -> str:
+    dirs = services.paths.dirs("checkpoints")
+    where = "\n".join(f"- `{d}`" for d in dirs)
+    text = (f"### No checkpoint found\nPut a Stable Diffusion checkpoint (`.safetensors`, `.ckpt`, or a diffusers "
+            f"folder) in one of these folders, then press 🔄 next to the checkpoint list:\n{where}\n\n"
+            f"Already have AUTOMATIC1111? Start with `--models-dir /path/to/stable-diffusion-webui/models` to use "
+            f"its models folder as is (or `--ckpt-dir` for a folder of checkpoints).")
+    if download:
+        text += "\n\nOr download the default model (Stable Diffusion 1.5, about 4 GB, sha256 checked):"
+    return text
+
+
+class TopBar:
+    """Checkpoint + refresh, VAE, and a status line that follows loading progress."""
+
+    def __init__(self, ctx: UIContext):
+        self.ctx = ctx
+        self._progress = ("", 1.0)
+        ctx.services.manager.add_listener(self._on_progress)
+        self._download_lock = threading.Lock()
+        self._download: dict[str, Any] = {}
+
+    def _on_progress(self, stage: str, fraction: float) -> None:
+        self._progress = (stage, fraction)
+
+    def status_html(self) -> str:
+        m = self.ctx.services.manager
+        stage, frac = self._progress
+        busy = (frac < 1.0 and stage) or self.ctx.loading()
+        text = m.status if m.status else "no model loaded"
+        if busy:
+            return f"<div class='model-status'>{progress_html(text, frac if frac < 1 else None, state='running')}</div>"
+        return f"<div class='model-status'>{html.escape(text)}</div>"
+
+    def build(self) -> None:
+        ctx = self.ctx
+        titles = ctx.checkpoint_titles()
+        with gr.Row(elem_id="topbar"):
+            ctx.checkpoint = make_widget("sd_model_checkpoint", choices=titles, value=ctx.current_checkpoint(),
+                                         elem_id="sd_checkpoint", scale=4, info=None, allow_custom_value=False)
+            self.refresh = gr.Button("🔄", elem_id="refresh_checkpoints", scale=0, min_width=42,
+                                     elem_classes="tool")
+            ctx.vae = make_widget("sd_vae", choices=ctx.vae_choices(), elem_id="sd_vae", scale=2, info=None)
+            self.status = gr.HTML(self.status_html(), elem_id="model_status", scale=3, padding=False)
+        download = not ctx.args.no_download
+        with gr.Group(visible=not titles, elem_classes="no-model", elem_id="no_model_box") as self.no_model:
+            self.help = gr.Markdown(no_model_markdown(ctx.services, download))
+            self.download = gr.Button("Download default model", elem_id="download_default_model",
+                                      visible=download, variant="primary", size="sm")
+            self.download_status = gr.HTML("", elem_id="download_status")
+
+    def events(self, demo) -> None:
+        ctx = self.ctx
+        ctx.checkpoint.change(self.load_checkpoint, inputs=ctx.checkpoint, outputs=[self.status, ctx.checkpoint],
+                              show_progress="hidden", api_name="load_checkpoint", concurrency_limit=None)
+        ctx.vae.change(self.set_vae, inputs=ctx.vae, outputs=self.status, show_progress="hidden",
+                       api_visibility="private", concurrency_limit=None)
+        self.refresh.click(self.refresh_models, outputs=[ctx.checkpoint, ctx.vae, self.no_model], queue=False,
+                           show_progress="hidden", api_name="refresh_checkpoints")
+        self.download.click(self.download_default, outputs=[self.download_status, ctx.checkpoint, self.no_model],
+                            show_progress="hidden", api_visibility="private", concurrency_limit=None)
+        demo.load(self.follow_startup, outputs=[self.status, ctx.checkpoint], show_progress="hidden",
+                  api_visibility="private", concurrency_limit=None)
+
+    # ------------------------------------------------------------------ handlers
+    def follow_startup(self):
+        """On page load: follow the initial checkpoint load, then settle the dropdown on what is active."""
+        ctx = self.ctx
+        while ctx.loading():
+            yield self.status_html(), gr.update()
+            ctx.startup_job.done.wait(POLL_SECONDS)
+        job = ctx.startup_job
+        if job is not None and job.error is not None and not getattr(job, "error_shown", False):
+            gr.Warning(f"Loading the checkpoint failed: {job.error}")
+        current = ctx.current_checkpoint()
+        yield self.status_html(), gr.update(choices=ctx.checkpoint_titles(), value=current)
+
+    def load_checkpoint(self, title: str | None):
+        ctx, services = self.ctx, self.ctx.services
+        if not title:
+            yield self.status_html(), gr.update()
+            return
+        active = services.manager.active
+        if active is not None and active.info.title == title:
+            yield self.status_html(), gr.update()
+            return
+        if ctx.loading() and ctx.current_checkpoint() == title:
+            return  # the startup load is bringing this one in
+        job = services.submit(lambda: services.manager.load(title), label=f"load {title}")
+        while not job.done.wait(POLL_SECONDS):
+            pos = services.queue.position(job)
+            if pos > 0:
+                yield progress_html(f"Loading {title} after {pos} queued job(s)", state="queued"), gr.update()
+            else:
+                yield self.status_html(), gr.update()
+        if job.error is not None:
+            keep = services.manager.active.info.title if services.manager.active else None
+            gr.Warning(f"Could not load {title}: {job.error}")
+            yield self.status_html(), gr.update(value=keep)
+            return
+        loaded = services.manager.active
+        new_title = loaded.info.title if loaded else title
+        update = gr.update(choices=ctx.checkpoint_titles(), value=new_title) if new_title != title else gr.update()
+        yield self.status_html(), update
+
+    def set_vae(self, name: str):
+        services = self.ctx.services
+        if services.manager.active is None:
+            return self.status_html()  # applied with the next generation
+        job = services.submit(lambda: services.manager.set_vae(name), label=f"VAE {name}")
+        try:
+            job.wait()
+        except Exception as err:
+            raise user_error(err) from err
+        return self.status_html()
+
+    def refresh_models(self):
+        ctx = self.ctx
+        ctx.services.registry.refresh()
+        titles = ctx.checkpoint_titles()
+        current = ctx.current_checkpoint()
+        return (gr.update(choices=titles, value=current if current in titles else None),
+                gr.update(choices=ctx.vae_choices()), gr.update(visible=not titles))
+
+    def download_default(self):
+        """Download the SD 1.5 checkpoint with a progress bar, then list and load it."""
+        from pipelines.download import download_default_model, format_progress
+
+        ctx, services = self.ctx, self.ctx.services
+        if not self._download_lock.acquire(blocking=False):
+            raise gr.Error("A download is already running")
+        try:
+            state: dict[str, Any] = {"done": 0, "total": None, "path": None, "error": None}
+            folder = services.paths.dirs("checkpoints")[0]
+
+            def work():
+                try:
+                    state["path"] = download_default_model(folder, progress=lambda d, t: state.update(done=d, total=t))
+                except Exception as err:  # shown below
+                    state["error"] = err
+
+            thread = threading.Thread(target=work, name="download-default-model", daemon=True)
+            thread.start()
+            while thread.is_alive():
+                total = state["total"]
+                yield (progress_html(f"Downloading: {format_progress(state['done'], total)}",
+                                     state["done"] / total if total else None, state="running"),
+                       gr.update(), gr.update())
+                thread.join(0.5)
+            if state["error"] is not None:
+                raise user_error(state["error"])
+            services.registry.refresh()
+            title = ctx.find_checkpoint(state["path"].name)
+            yield (progress_html(f"Downloaded to {state['path']}", state="done"),
+                   gr.update(choices=ctx.checkpoint_titles(), value=title), gr.update(visible=False))
+        finally:
+            self._download_lock.release()
+
+
+def build_ui(services: Services, access: AccessControl, *, startup_job=None) -> gr.Blocks:
+    """The whole UI; `startup_job` is the initial checkpoint load (the status line follows it)."""
+    from .ui_pnginfo import PngInfoTab
+    from .ui_txt2img import Txt2ImgTab
+
+    ctx = UIContext(services, access, startup_job=startup_job)
+    with gr.Blocks(title="Stable Diffusion", analytics_enabled=False) as demo:
+        topbar = TopBar(ctx)
+        topbar.build()
+        with gr.Tabs(elem_id="tabs") as ctx.tabs:
+            tabs = [Txt2ImgTab(ctx), PngInfoTab(ctx)]
+            for tab in tabs:
+                tab.build()
+        for tab in tabs:
+            tab.wire()
+        topbar.events(demo)
+    demo.ui_context = ctx  # for tests and extensions
+    return demo
