@@ -194,13 +194,28 @@ def load_checkpoint(mf: ModelFile, *, arch: Architecture | None = None, config_r
         raise
     except Exception as err:  # diffusers/safetensors raise many types for a broken file; name the file
         log.exception("loading %s failed", mf.path)
+        if "meta tensor" in str(err):  # weights absent from the file, found when diffusers casts them
+            raise ModelLoadError(f"{mf.name}: incomplete {arch.label} checkpoint, some weights are missing; "
+                                 "the file may be a partial download or not a full model") from err
         raise ModelLoadError(f"{mf.name}: could not be loaded as {arch.label} ({type(err).__name__}: "
                              f"{str(err).splitlines()[0][:300] if str(err) else ''})") from err
+    _check_complete(pipe, mf, arch)
     progress("weights loaded", 0.9)
     pipe.set_progress_bar_config(disable=True)
     loaded = LoadedCheckpoint(mf, arch, pipe, dict(pipe.scheduler.config), time.perf_counter() - start)
     loaded.own_vae = pipe.vae
     return loaded
+
+
+def _check_complete(pipe, mf: ModelFile, arch: Architecture) -> None:
+    """diffusers leaves weights that are absent from the file on the meta device without an error."""
+    missing = []
+    for name, module in pipe.components.items():
+        if hasattr(module, "named_parameters"):
+            missing += [f"{name}.{k}" for k, p in module.named_parameters() if p.device.type == "meta"]
+    if missing:
+        raise ModelLoadError(f"{mf.name}: incomplete {arch.label} checkpoint, {len(missing)} weights missing "
+                             f"(e.g. {missing[0]}); the file may be a partial or pruned-too-far model")
 
 
 def load_vae(path: Path, family: str, *, config_root: Path = CONFIG_ROOT, dtype=None):

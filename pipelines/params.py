@@ -19,6 +19,7 @@ from .errors import ParameterError
 MAX_SIDE = 2048
 MAX_PIXELS = 2048 * 2048
 SEED_MAX = 2**32 - 1
+PROMPT_MAX_CHARS = 20_000
 HIRES_UPSCALERS = ("Latent", "Latent (nearest)", "Latent (nearest-exact)", "Latent (bicubic)", "Lanczos", "Nearest")
 
 
@@ -40,6 +41,7 @@ class Param:
     # Infotext: write only when this says so (default: when value differs from default).
     write_if: Callable[[Any, Any], bool] | None = None
     aliases: tuple[str, ...] = ()        # other field names accepted on input (legacy API names)
+    max_length: int | None = None        # strings: longest accepted value
 
     def choice_list(self) -> list[str] | None:
         if self.choices is None:
@@ -76,7 +78,11 @@ class Param:
                 if not isinstance(value, str):
                     raise ValueError(value)
         except (TypeError, ValueError, OverflowError):
-            raise ParameterError(self.name, f"expected {self.type.__name__}, got {value!r}") from None
+            shown = repr(value)
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            raise ParameterError(self.name, f"expected {self.type.__name__}, got {shown}") from None
+        if self.max_length is not None and len(value) > self.max_length:
+            raise ParameterError(self.name, f"{len(value)} characters is longer than the {self.max_length} allowed")
         if self.minimum is not None and value < self.minimum:
             raise ParameterError(self.name, f"{value} is below the minimum {self.minimum:g}")
         if self.maximum is not None and value > self.maximum:
@@ -100,8 +106,10 @@ def _clip_skip_written(value, _default) -> bool:
 
 
 PARAMS: tuple[Param, ...] = (
-    Param("prompt", str, "", "Prompt", widget="textbox", group="prompt"),
-    Param("negative_prompt", str, "", "Negative prompt", widget="textbox", group="prompt"),
+    # Prompts are capped: parsing cost grows with nesting, and no real prompt comes near this.
+    Param("prompt", str, "", "Prompt", widget="textbox", group="prompt", max_length=PROMPT_MAX_CHARS),
+    Param("negative_prompt", str, "", "Negative prompt", widget="textbox", group="prompt",
+          max_length=PROMPT_MAX_CHARS),
     Param("steps", int, 20, "Sampling steps", "Steps", 1, 150, 1, group="sampling", write_if=_always),
     Param("sampler_name", str, "Euler a", "Sampling method", "Sampler", choices=lambda: samplers.SAMPLER_NAMES,
           widget="dropdown", group="sampling",

@@ -8,7 +8,8 @@ Pure Python (no torch). The encoder calls, per prompt::
         tokens, breaks = tokenize_weighted(tokenizer, parsed)
         chunks = chunk_tokens(tokens, breaks, pad_id=tokenizer.eos_token_id,
                               comma_id=comma_token_id(tokenizer))
-        rows = [frame_chunk(ids, w, bos_id, eos_id, pad_id) for ids, w in chunks]   # 77 each
+        rows = [frame_chunk(ids, w, tokenizer.bos_token_id, tokenizer.eos_token_id,
+                            tokenizer.pad_token_id) for ids, w in chunks]   # 77 tokens each
 
 Why hand-written and not a library: A1111 builds its schedule parser with lark, which is not a
 dependency here, and the prompt library diffusers users reach for (compel) has a different syntax
@@ -27,6 +28,10 @@ timeline) and the chunking in `modules/sd_hijack_clip.py`. Known, deliberate dif
 - Prompts nested deeper than `_MAX_NESTING` brackets are not scheduled (taken literally).
 - `get_schedule` merges adjacent entries whose text is equal (A1111 lists every boundary); the
   prompt in force at every step is the same.
+- Some prompts with stray brackets before or after an editing construct (`[a:b:2][ x`) are
+  ambiguous in A1111's grammar, and which reading lark picks changes from one A1111 process to
+  the next (it depends on Python's per-process string hashing). Here the construct always wins,
+  which is the reading A1111 gives in the unambiguous cases.
 """
 from __future__ import annotations
 
@@ -191,15 +196,15 @@ def parse_attention(text: str) -> list[tuple[str, float]]:
     if not frags:
         return [("", 1.0)]
 
-    out: list[tuple[str, float]] = []
+    runs: list[tuple[list[str], float] | None] = []  # None: BREAK
     for frag, weight, brk in zip(frags, weights, breaks):
         if brk:
-            out.append(BREAK)
-        elif out and out[-1] is not BREAK and out[-1][1] == weight:
-            out[-1] = (out[-1][0] + frag, weight)
+            runs.append(None)
+        elif runs and runs[-1] is not None and runs[-1][1] == weight:
+            runs[-1][0].append(frag)
         else:
-            out.append((frag, weight))
-    return out
+            runs.append(([frag], weight))
+    return [BREAK if run is None else ("".join(run[0]), run[1]) for run in runs]
 
 
 # --------------------------------------------------------------------------------------------

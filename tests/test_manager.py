@@ -201,3 +201,21 @@ def test_vae_override_and_restore(make_manager, tiny_models, tmp_path):
     assert _one_step(manager, "Euler").images[0].tobytes() == base.tobytes()
     with pytest.raises(UserError, match="VAE 'missing' not found"):
         manager.set_vae("missing")
+
+
+def test_missing_weights_are_a_load_error(make_manager, tiny_models):
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(str(tiny_models.checkpoints / FILES["sd1"]))
+    dropped = [k for k in sd if k.startswith("first_stage_model.decoder.up.0.")]
+    for k in dropped:
+        del sd[k]
+    bad = tiny_models.checkpoints / "zz-partial.safetensors"
+    save_file(sd, str(bad))
+    try:
+        manager = make_manager()
+        with pytest.raises(ModelLoadError, match="zz-partial.safetensors: incomplete SD 1.x checkpoint"):
+            manager.load("zz-partial")
+        assert manager.active is None
+    finally:
+        bad.unlink(missing_ok=True)

@@ -154,14 +154,14 @@ def no_model_message(services: Services) -> str:
     dirs = services.paths.dirs("checkpoints")
     return (f"no checkpoint found. Put a .safetensors checkpoint (or a diffusers folder) in {dirs[0]}, "
             f"or start with --models-dir pointing at an existing AUTOMATIC1111 models folder "
-            f"(or --ckpt-dir at a folder of checkpoints), then press 🔄")
+            f"(or --ckpt-dir at a folder of checkpoints), then press ⟳")
 
 
 def no_model_markdown(services: Services, download: bool) -> str:
     dirs = services.paths.dirs("checkpoints")
     where = "\n".join(f"- `{d}`" for d in dirs)
     text = (f"### No checkpoint found\nPut a Stable Diffusion checkpoint (`.safetensors`, `.ckpt`, or a diffusers "
-            f"folder) in one of these folders, then press 🔄 next to the checkpoint list:\n{where}\n\n"
+            f"folder) in one of these folders, then press ⟳ next to the checkpoint list:\n{where}\n\n"
             f"Already have AUTOMATIC1111? Start with `--models-dir /path/to/stable-diffusion-webui/models` to use "
             f"its models folder as is (or `--ckpt-dir` for a folder of checkpoints).")
     if download:
@@ -196,10 +196,10 @@ class TopBar:
         titles = ctx.checkpoint_titles()
         with gr.Row(elem_id="topbar"):
             ctx.checkpoint = make_widget("sd_model_checkpoint", choices=titles, value=ctx.current_checkpoint(),
-                                         elem_id="sd_checkpoint", scale=4, info=None, allow_custom_value=False)
-            self.refresh = gr.Button("🔄", elem_id="refresh_checkpoints", scale=0, min_width=42,
+                                         elem_id="sd_checkpoint", scale=4, allow_custom_value=False)
+            self.refresh = gr.Button("⟳", elem_id="refresh_checkpoints", scale=0, min_width=42,
                                      elem_classes="tool")
-            ctx.vae = make_widget("sd_vae", choices=ctx.vae_choices(), elem_id="sd_vae", scale=2, info=None)
+            ctx.vae = make_widget("sd_vae", choices=ctx.vae_choices(), value="Automatic", elem_id="sd_vae", scale=2)
             self.status = gr.HTML(self.status_html(), elem_id="model_status", scale=3, padding=False)
         download = not ctx.args.no_download
         with gr.Group(visible=not titles, elem_classes="no-model", elem_id="no_model_box") as self.no_model:

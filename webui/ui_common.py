@@ -40,7 +40,12 @@ def count_tokens(prompt: str, steps: int = 20) -> tuple[int, int]:
     return best
 
 
+EMPTY_COUNTER = "<span class='token-counter' title='tokens / capacity (75 per chunk)'>0/75</span>"
+
+
 def token_counter_html(prompt: str, steps: int = 20) -> str:
+    if not prompt:
+        return EMPTY_COUNTER
     try:
         tokens, capacity = count_tokens(prompt, steps)
     except Exception as err:  # the counter is a hint; never block typing

@@ -12,7 +12,7 @@ import gradio as gr
 from pipelines.errors import Interrupted, UserError
 from pipelines.params import BY_NAME, make_request
 
-from .ui_common import PasteTarget, errors_to_ui, format_seconds, progress_html, token_counter_html, user_error
+from .ui_common import EMPTY_COUNTER, PasteTarget, errors_to_ui, format_seconds, progress_html, token_counter_html, user_error
 from .widgets import coerce, make_widget, params_for
 
 if TYPE_CHECKING:
@@ -54,20 +54,20 @@ class Txt2ImgTab:
             with gr.Row(elem_id="txt2img_toprow"):
                 with gr.Column(scale=6):
                     with gr.Group(elem_classes="prompt-box"):
-                        self.prompt_counter = gr.HTML(token_counter_html(""), elem_id="txt2img_token_counter",
+                        self.prompt_counter = gr.HTML(EMPTY_COUNTER, elem_id="txt2img_token_counter",
                                                       elem_classes="token-counter-box", padding=False)
                         self._w("prompt", lines=3, max_lines=8, show_label=False,
                                 placeholder="Prompt (Ctrl+Enter to generate)", container=False)
                     with gr.Group(elem_classes="prompt-box"):
-                        self.neg_counter = gr.HTML(token_counter_html(""), elem_id="txt2img_negative_token_counter",
+                        self.neg_counter = gr.HTML(EMPTY_COUNTER, elem_id="txt2img_negative_token_counter",
                                                    elem_classes="token-counter-box", padding=False)
                         self._w("negative_prompt", lines=2, max_lines=6, show_label=False,
                                 placeholder="Negative prompt", container=False)
                 with gr.Column(scale=1, min_width=200, elem_id="txt2img_actions"):
                     self.generate = gr.Button("Generate", variant="primary", elem_id="txt2img_generate", size="lg")
-                    with gr.Row():
-                        self.interrupt = gr.Button("Interrupt", elem_id="txt2img_interrupt", size="sm")
-                        self.skip = gr.Button("Skip", elem_id="txt2img_skip", size="sm")
+                    with gr.Row(elem_id="txt2img_interrupt_row"):
+                        self.interrupt = gr.Button("Interrupt", elem_id="txt2img_interrupt", size="sm", min_width=60)
+                        self.skip = gr.Button("Skip", elem_id="txt2img_skip", size="sm", min_width=60)
             with gr.Row(equal_height=False):
                 with gr.Column(scale=1, elem_id="txt2img_settings"):
                     with gr.Row():
@@ -79,27 +79,27 @@ class Txt2ImgTab:
                         for row in LAYOUT_HIRES:
                             with gr.Row():
                                 for name in row:
-                                    self._w(name, info=None)
-                    with gr.Row():
-                        with gr.Column(scale=4):
+                                    self._w(name)
+                    with gr.Row(elem_id="txt2img_size_row"):
+                        with gr.Column(scale=4, min_width=160):
                             self._w("width")
                             self._w("height")
                         self.swap = gr.Button("⇅", elem_id="txt2img_swap_size", scale=0, min_width=42,
                                               size="sm", elem_classes="tool")
-                        with gr.Column(scale=3):
+                        with gr.Column(scale=3, min_width=140):
                             self._w("n_iter")
                             self._w("batch_size")
                     self._w("cfg_scale")
                     with gr.Row(elem_id="txt2img_seed_row"):
-                        self._w("seed", info=None, scale=4)
-                        self.dice = gr.Button("🎲", elem_id="txt2img_random_seed", scale=0, min_width=42,
+                        self._w("seed", scale=4)
+                        self.dice = gr.Button("⚄", elem_id="txt2img_random_seed", scale=0, min_width=42,
                                               elem_classes="tool")
-                        self.recycle = gr.Button("♻️", elem_id="txt2img_reuse_seed", scale=0, min_width=42,
+                        self.recycle = gr.Button("♻", elem_id="txt2img_reuse_seed", scale=0, min_width=42,
                                                  elem_classes="tool")
                     with gr.Accordion("Variation seed", open=False):
                         with gr.Row():
                             for name in LAYOUT_VARIATION:
-                                self._w(name, info=None)
+                                self._w(name)
                     rest = [p for p in params_for(MODE, exclude_groups=("model",)) if p.name not in LAYOUT_NAMED]
                     if rest:
                         with gr.Accordion("Advanced", open=False):
@@ -111,9 +111,9 @@ class Txt2ImgTab:
                                               format="png", interactive=False, object_fit="contain",
                                               preview=True)
                     with gr.Row(elem_id="txt2img_result_buttons"):
-                        self.open_folder = gr.Button("📂 Folder", elem_id="txt2img_open_folder", size="sm",
+                        self.open_folder = gr.Button("Open folder", elem_id="txt2img_open_folder", size="sm",
                                                      visible=self.ctx.can_open_folder)
-                        self.save = gr.DownloadButton("💾 Save", elem_id="txt2img_save", size="sm", value=None,
+                        self.save = gr.DownloadButton("Save", elem_id="txt2img_save", size="sm", value=None,
                                                       interactive=False)
                         # Send-to buttons exist only for tabs that take an image (img2img, inpaint); none
                         # is created for a tab that is not there. Wired in `wire()` once all tabs exist.

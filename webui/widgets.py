@@ -33,13 +33,10 @@ def make_widget(param: Param | str, *, elem_prefix: str = "", **overrides: Any):
     p = BY_NAME[param] if isinstance(param, str) else param
     kind = widget_kind(p)
     kw: dict[str, Any] = dict(label=p.label, value=p.default)
-    if p.doc:
-        kw["info"] = p.doc
     if elem_prefix:
         kw["elem_id"] = f"{elem_prefix}_{p.name}"
     if kind == "checkbox":
         cls = gr.Checkbox
-        kw.pop("info", None)
     elif kind == "dropdown":
         cls = gr.Dropdown
         kw["choices"] = p.choice_list() or []
@@ -55,6 +52,8 @@ def make_widget(param: Param | str, *, elem_prefix: str = "", **overrides: Any):
             kw["maximum"] = p.maximum
     else:
         cls = gr.Textbox
+        if getattr(p, "max_length", None):
+            kw["max_length"] = p.max_length
     kw.update(overrides)
     return cls(**kw)
 

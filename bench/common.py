@@ -1,0 +1,89 @@
+"""What every benchmark shares: the full-size model cache, medians, and the result file format."""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+BENCH_DIR = Path(__file__).resolve().parent
+RESULTS = BENCH_DIR / "results"
+CACHE = Path(os.environ.get("WEBUI_BENCH_CACHE", BENCH_DIR / "cache"))
+
+
+def sd15_file(name: str = "sd15-random.safetensors") -> Path:
+    """A full-size SD1.5 single file with random weights (fp16, 2.1 GB), generated once into the cache."""
+    from bench.synth.factory import full_size_sd15_single_file
+
+    path = CACHE / "models" / "Stable-diffusion" / name
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        print(f"[bench] generating {path} (random weights, one time)", flush=True)
+        full_size_sd15_single_file(path)
+    return path
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def median_time(fn: Callable[[], Any], repeat: int) -> tuple[float, list[float]]:
+    times = [timed(fn)[0] for _ in range(repeat)]
+    return statistics.median(times), times
+
+
+def machine() -> dict[str, Any]:
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine()}
+    try:
+        import torch
+
+        info["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            info["mem_gb"] = round(int(f.readline().split()[1]) / 1e6, 1)
+    except OSError:
+        pass
+    return info
+
+
+def versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {}
+    for pkg in ("torch", "diffusers", "transformers", "gradio", "safetensors", "open_clip_torch"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def write_result(name: str, figures: dict[str, Any], **extra: Any) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    data = {"name": name, "figures": figures, "machine": machine(), "versions": versions(),
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **extra}
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    print(json.dumps(figures, indent=2))
+    print(f"[bench] wrote {path}")
+    return path
+
+
+def rss_mb() -> float:
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss / 1e6
+    except ImportError:
+        return float("nan")

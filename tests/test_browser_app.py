@@ -1,0 +1,159 @@
+"""End to end in a real browser: headless Chromium (Debian's) driven by Playwright, the app on a tiny model.
+
+txt2img: type a prompt, Generate, wait for the image in the gallery, check the saved file's embedded
+parameters. PNG Info: drop that file, send it to txt2img, check every field it names was filled.
+Screenshots of both tabs go to docs/screenshots/.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parent.parent
+SHOTS = ROOT / "docs" / "screenshots"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update"]
+PROMPT = "a lighthouse at dusk, (oil painting:1.2)"
+NEGATIVE = "blurry"
+
+
+def chromium_path() -> str | None:
+    for name in (os.environ.get("CHROMIUM_PATH"), "chromium", "chromium-browser", "google-chrome"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser():
+    path = chromium_path()
+    if path is None:
+        pytest.skip("chromium not found (apt-get install chromium, or `python launch.py --run-tests` installs it)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("the playwright Python package is not installed (pip install -r requirements-dev.txt)")
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    from webui.testing import AppProcess, make_tiny_data_dir, tiny_app_args
+
+    data = make_tiny_data_dir(tmp_path_factory.mktemp("browser-app"))
+    with AppProcess(tiny_app_args(data)) as proc:
+        proc.wait_model_loaded()
+        proc.data = data
+        yield proc
+
+
+@pytest.fixture
+def page(browser, app):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda err: errors.append(str(err)))
+    pg.goto(app.url)
+    pg.wait_for_selector("#txt2img_generate", timeout=30_000)
+    pg.js_errors = errors
+    yield pg
+    context.close()
+
+
+def set_number(page, elem_id: str, value) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]").first
+    box.fill(str(value))
+    box.press("Tab")
+
+
+def outputs(app) -> list[Path]:
+    return sorted((app.data / "outputs").rglob("*.png"))
+
+
+@pytest.fixture(scope="module")
+def generated(browser, app):
+    """Generate once through the UI; returns the saved file and what the page showed."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.goto(app.url)
+    page.wait_for_selector("#txt2img_generate", timeout=30_000)
+    before = set(outputs(app))
+    page.locator("#txt2img_prompt textarea").fill(PROMPT)
+    page.locator("#txt2img_negative_prompt textarea").fill(NEGATIVE)
+    set_number(page, "txt2img_steps", 3)
+    set_number(page, "txt2img_width", 64)
+    set_number(page, "txt2img_height", 64)
+    seed = page.locator("#txt2img_seed input")
+    seed.fill("1234")
+    seed.press("Tab")
+    page.wait_for_function("document.querySelector('#txt2img_token_counter').innerText.trim() !== '0/75'",
+                           timeout=30_000)
+    counter = page.inner_text("#txt2img_token_counter").strip()
+    page.click("#txt2img_generate")
+    page.wait_for_selector("#txt2img_gallery img", timeout=90_000)
+    page.wait_for_function("document.querySelector('#txt2img_progress').innerText.includes('Done')", timeout=90_000)
+    infotext = page.input_value("#txt2img_infotext textarea")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "txt2img.png"), full_page=True)
+    new = sorted(set(outputs(app)) - before)
+    context.close()
+    return {"files": new, "infotext": infotext, "counter": counter}
+
+
+def test_txt2img_generates_and_saves_parameters(generated):
+    from pipelines.image_metadata import read_infotext
+
+    assert len(generated["files"]) == 1, generated
+    path = generated["files"][0]
+    text, raw = read_infotext(path)
+    assert text is not None and text.startswith(PROMPT)
+    assert f"Negative prompt: {NEGATIVE}" in text
+    for part in ("Steps: 3", "Seed: 1234", "Size: 64x64", "Model: tiny-sd1"):
+        assert part in text
+    assert generated["infotext"] == text       # the UI shows what the file holds
+    assert generated["counter"] == "10/75"      # CLIP tokens of the prompt, per 75-token chunk
+
+
+def test_pnginfo_sends_every_field_to_txt2img(page, generated, app):
+    path = generated["files"][0]
+    page.reload()
+    page.wait_for_selector("#txt2img_generate", timeout=30_000)
+    assert page.input_value("#txt2img_steps input[type=number]") == "20"   # fresh defaults first
+    page.get_by_role("tab", name="PNG Info").click()
+    page.locator("#pnginfo_image input[type=file]").set_input_files(str(path))
+    page.wait_for_selector("#pnginfo_generation_info table", timeout=30_000)
+    info = page.inner_text("#pnginfo_generation_info")
+    assert PROMPT in info and "1234" in info
+    page.wait_for_function("!document.querySelector('#pnginfo_send_to_txt2img').disabled", timeout=10_000)
+    page.screenshot(path=str(SHOTS / "pnginfo.png"), full_page=True)
+    page.click("#pnginfo_send_to_txt2img")
+    page.wait_for_function(
+        f"document.querySelector('#txt2img_prompt textarea').value === {PROMPT!r}", timeout=15_000)
+    assert page.locator("#tab_txt2img").is_visible()
+    assert page.input_value("#txt2img_negative_prompt textarea") == NEGATIVE
+    assert page.input_value("#txt2img_steps input[type=number]") == "3"
+    assert page.input_value("#txt2img_width input[type=number]") == "64"
+    assert page.input_value("#txt2img_height input[type=number]") == "64"
+    assert page.input_value("#txt2img_seed input") == "1234"
+    assert page.input_value("#txt2img_cfg_scale input[type=number]") == "7"
+    assert page.input_value("#sd_checkpoint input") == "tiny-sd1"
+    assert not page.js_errors, page.js_errors
+
+
+def test_engine_error_is_shown_not_swallowed(page):
+    """An error raised inside the queued job reaches the user as a readable message."""
+    page.locator("#txt2img_prompt textarea").fill("a cat AND a dog")
+    set_number(page, "txt2img_steps", 2)
+    set_number(page, "txt2img_width", 64)
+    set_number(page, "txt2img_height", 64)
+    page.click("#txt2img_generate")
+    toast = page.get_by_text("AND (composable diffusion) is not supported").first
+    toast.wait_for(timeout=60_000)

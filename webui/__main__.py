@@ -1,0 +1,138 @@
+"""`python -m webui [flags]` (what `python launch.py` runs): parse flags, serve the UI (and API), load a model.
+
+Order matters for start-up time: the web server answers as soon as the UI is built; the checkpoint
+loads afterwards as the first job on the device queue, and the status line follows it. A missing
+model never stops the app: it starts and says where to put one.
+"""
+from __future__ import annotations
+
+import time
+
+T0 = time.perf_counter()
+
+import logging  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+
+log = logging.getLogger("webui")
+
+
+def configure_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("httpx", "httpcore", "urllib3", "uvicorn.access", "PIL", "matplotlib", "multipart",
+                  "python_multipart", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def startup_checkpoint(services, args):
+    """The checkpoint to load at start: --ckpt, else the first one found; None (with a reason) otherwise."""
+    from pipelines.errors import UserError
+
+    registry = services.registry
+    if args.ckpt:
+        try:
+            return registry.find_checkpoint(args.ckpt), None
+        except UserError as err:
+            return None, f"--ckpt {args.ckpt!r}: {err}"
+    if registry.checkpoints:
+        return registry.checkpoints[0], None
+    from .ui import no_model_message
+
+    return None, no_model_message(services)
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    from .cli import parse_args
+
+    args = parse_args(argv)
+    configure_logging(os.environ.get("WEBUI_LOG_LEVEL", "INFO"))
+
+    from .auth import AuthConfigError, access_control, is_exposed
+
+    try:
+        access = access_control(args)
+    except AuthConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    from .services import create_services
+
+    try:
+        services = create_services(args)
+    except ValueError as err:  # e.g. --device cuda on a machine without CUDA
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    log.info("%s", services.manager.policy.describe())
+
+    startup_job = None
+    if args.ui_debug_mode:
+        log.info("--ui-debug-mode: no checkpoint is loaded")
+    else:
+        ckpt, why = startup_checkpoint(services, args)
+        if ckpt is None:
+            log.warning("%s", why)
+        else:
+            startup_job = services.submit(lambda: services.manager.load(ckpt), label=f"load {ckpt.title}")
+            startup_job.target_title = ckpt.title
+
+    demo = None
+    from .ui import CSS, HEAD_JS
+
+    if not args.nowebui:
+        from .ui import build_ui
+
+        demo = build_ui(services, access, startup_job=startup_job)
+    from .server import create_app, find_port, start_server, start_share_tunnel
+
+    app = create_app(services, access, demo, api=args.api or args.nowebui, css=CSS, head=HEAD_JS)
+    host = "0.0.0.0" if args.listen else "127.0.0.1"
+    try:
+        port = find_port(host, args.port)
+        server = start_server(app, host, port)
+    except OSError as err:
+        print(f"error: {err}", file=sys.stderr)
+        services.close()
+        return 1
+    ready = time.perf_counter() - T0
+
+    url = server.local_url
+    print(f"Running on local URL:  {url}" + ("  (listening on all interfaces)" if args.listen else ""), flush=True)
+    notice = access.console_notice()
+    if notice:
+        print(notice, flush=True)
+    if access.enabled and not access.generated_password:
+        print("Login required (credentials from --auth/--auth-file).", flush=True)
+    if is_exposed(args):
+        print("Exposed mode: installing extensions from the UI is disabled.", flush=True)
+    print(f"Startup time: {ready:.1f}s", flush=True)
+    if args.share:
+        start_share_tunnel(port, announce=lambda msg: print(msg, flush=True))
+    if args.autolaunch:
+        import webbrowser
+
+        threading.Thread(target=webbrowser.open, args=(url,), daemon=True).start()
+
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        while not stop.is_set() and server.thread.is_alive():
+            stop.wait(0.5)
+    except KeyboardInterrupt:
+        pass
+    print("Shutting down", flush=True)
+    server.stop()
+    services.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
