@@ -1,6 +1,6 @@
 """Start-up time: process start → the UI answering HTTP 200, no model loaded (`--ui-debug-mode`).
 
-    python -m bench.startup [--runs 3] [--out bench/results/startup.json]
+    python -m bench.startup [--runs 3]        (or: python -m bench startup)
 
 Each run starts `python -m webui --ui-debug-mode` on a free port with an empty data folder, polls
 `GET /` until it answers 200 and stops the process. Reports the median (target: 10 s) and writes
@@ -9,9 +9,7 @@ bench/results/startup.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import signal
 import socket
 import statistics
@@ -21,8 +19,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from datetime import datetime, timezone
 from pathlib import Path
+
+from bench.common import write_result
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_SECONDS = 10.0
@@ -73,35 +72,10 @@ def one_run(python: str, extra: list[str], timeout: float) -> tuple[float, str]:
     return ready - start, reported
 
 
-def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in ("gradio", "fastapi", "uvicorn", "torch", "diffusers", "transformers"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    return out
-
-
-def machine() -> dict[str, object]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"os": platform.platform(), "cpu": cpu, "cores": os.cpu_count(), "gpu": None}
-
-
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.startup", description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--timeout", type=float, default=120.0)
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "startup.json")
     p.add_argument("--python", default=sys.executable)
     args, extra = p.parse_known_args(argv)
 
@@ -111,22 +85,15 @@ def main(argv: list[str] | None = None) -> int:
         times.append(seconds)
         print(f"run {i + 1}: {seconds:.2f}s to HTTP 200 ({reported or 'no self-report'})", flush=True)
     median = statistics.median(times)
-    result = {
-        "name": "startup_to_ui_http_200",
-        "figures": {
-            "median_seconds": round(median, 3),
-            "runs_seconds": [round(t, 3) for t in times],
-            "target_seconds": TARGET_SECONDS,
-            "meets_target": median <= TARGET_SECONDS,
-            "mode": "--ui-debug-mode (no model loaded), empty data folder",
-        },
-        "machine": machine(),
-        "versions": versions(),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    figures = {
+        "median_seconds": round(median, 3),
+        "runs_seconds": [round(t, 3) for t in times],
+        "target_seconds": TARGET_SECONDS,
+        "meets_target": median <= TARGET_SECONDS,
+        "mode": "--ui-debug-mode (no model loaded), empty data folder; process start to GET / = 200",
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"median {median:.2f}s (target {TARGET_SECONDS:.0f}s) → {args.out}")
+    write_result("startup", figures)
+    print(f"median {median:.2f}s (target {TARGET_SECONDS:.0f}s)")
     return 0
 
 

@@ -7,6 +7,7 @@ diffusers pipelines as `prompt_embeds`, so the sampling itself stays diffusers' 
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,22 @@ class Conditioning:
         return self.embeds.shape[1] // 77
 
 
+# tokenizer -> its ',</w>' id. Looking it up builds the 49k-entry vocabulary dict (~15 ms), so it is done
+# once per tokenizer rather than for every prompt.
+_COMMA_IDS: "weakref.WeakKeyDictionary[object, int | None]" = weakref.WeakKeyDictionary()
+
+
+def _comma_id(tokenizer) -> int | None:
+    try:
+        return _COMMA_IDS[tokenizer]
+    except KeyError:
+        pass
+    except TypeError:  # not weak-referenceable / hashable
+        return prompt_parser.comma_token_id(tokenizer)
+    cid = _COMMA_IDS[tokenizer] = prompt_parser.comma_token_id(tokenizer)
+    return cid
+
+
 @dataclass
 class _Encoder:
     tokenizer: object
@@ -35,8 +52,11 @@ class _Encoder:
 class PromptEncoder:
     """Encodes prompts for one pipeline; results are cached per (text, clip skip) for one job."""
 
-    def __init__(self, pipe, clip_skip: int = 1):
+    def __init__(self, pipe, clip_skip: int = 1, embeddings=None):
         self.clip_skip = max(1, int(clip_skip))
+        # Textual inversion for this job (`networks.EmbeddingSession`): it rewrites embedding names' tokens
+        # into placeholders that its hooks on the text encoders fill in. None: plain tokens.
+        self.embeddings = embeddings
         sdxl = hasattr(pipe, "text_encoder_2")
         self.encoders: list[_Encoder] = []
         if getattr(pipe, "text_encoder", None) is not None:
@@ -72,9 +92,10 @@ class PromptEncoder:
     @torch.no_grad()
     def _encode_one(self, enc: _Encoder, parsed, n_chunks: int | None):
         tok = enc.tokenizer
-        flat, breaks = prompt_parser.tokenize_weighted(tok, parsed)
+        flat, breaks = prompt_parser.tokenize_weighted(tok if self.embeddings is None else self.embeddings.wrap(tok),
+                                                       parsed)
         chunks = prompt_parser.chunk_tokens(flat, breaks, pad_id=tok.eos_token_id,
-                                            comma_id=prompt_parser.comma_token_id(tok))
+                                            comma_id=_comma_id(tok))
         if n_chunks is not None:  # SDXL: both encoders see the same token chunks
             chunks = chunks[:n_chunks]
         framed = [prompt_parser.frame_chunk(ids, w, tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
@@ -104,10 +125,12 @@ class PromptEncoder:
         return hidden.reshape(1, -1, hidden.shape[-1]), pooled
 
     # ------------------------------------------------------------------ schedules
-    def schedule(self, prompt: str, steps: int) -> list[tuple[int, Conditioning]]:
-        """[(end_step, conditioning)] for prompt editing / alternation; one entry for a plain prompt."""
+    def schedule(self, prompt: str, steps: int, hires_steps: int | None = None) -> list[tuple[int, Conditioning]]:
+        """[(end_step, conditioning)] for prompt editing / alternation; one entry for a plain prompt.
+
+        With `hires_steps`, the schedule of the hires-fix pass (`steps` = the first pass's), A1111's timeline."""
         prompt_parser.check_supported(prompt)
-        return [(end, self.encode(text)) for end, text in prompt_parser.get_schedule(prompt, steps)]
+        return [(end, self.encode(text)) for end, text in prompt_parser.get_schedule(prompt, steps, hires_steps)]
 
     def pad(self, cond: Conditioning, chunks: int) -> Conditioning:
         """Extend with encoded empty chunks (A1111) so cond and uncond concatenate for CFG."""

@@ -46,9 +46,9 @@ def _describe_network_error(err: Exception, url: str) -> str:
 
     if isinstance(err, requests.exceptions.ConnectionError):
         return (f"could not connect to download {url} (no network connection?). Download the file on a "
-                f"machine with internet access and copy it here by hand")
+                f"machine with internet access and copy it by hand")
     if isinstance(err, requests.exceptions.Timeout):
-        return f"the download of {url} timed out; try again later or copy the file here by hand"
+        return f"the download of {url} timed out; try again later or copy the file by hand"
     return f"download of {url} failed: {err}"
 
 

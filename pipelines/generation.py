@@ -25,6 +25,7 @@ from .noise import image_noise
 from .outputs import OutputSaver
 from .params import GenerationRequest
 from .preview import approx_rgb
+from .prompt_extras import PromptJob, prompt_job
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,8 @@ class GenerationResult:
     skipped: int = 0
     seconds: float = 0.0
     steps_run: int = 0
+    notices: list[str] = field(default_factory=list)   # things the user should know (e.g. "mask resized")
+    control_maps: list = field(default_factory=list)   # ControlNet maps as applied (PIL), one per unit
 
     def info(self) -> dict[str, Any]:
         """A1111's `info` object (the API returns it as a JSON string)."""
@@ -95,20 +98,58 @@ class _StepTracker:
 class Engine:
     """Runs generation requests on a PipelineManager's active checkpoint and saves the results."""
 
-    def __init__(self, manager: PipelineManager, saver: OutputSaver | None = None, *, preview_every: int = 5):
+    def __init__(self, manager: PipelineManager, saver: OutputSaver | None = None, *, preview_every: int = 5,
+                 styles=None, networks=None):
         self.manager = manager
         self.saver = saver
         self.preview_every = preview_every
+        # Prompt extras (pipelines.prompt_extras): a styles.csv StyleDatabase (None: requests naming styles
+        # get a notice) and the LoRA / embeddings NetworkManager of the models folders.
+        self.styles = styles
+        if networks is None:
+            from .networks import NetworkManager
+
+            registry = manager.registry
+            networks = NetworkManager(registry.paths, hashes=registry.hashes, hashing=registry.hashing)
+        self.networks = networks
 
     # ------------------------------------------------------------------ public
-    def txt2img(self, req: GenerationRequest, control: JobControl | None = None, *, save: bool = True) -> GenerationResult:
+    def txt2img(self, req: GenerationRequest, control: JobControl | None = None, *, save: bool = True,
+                controlnet: list | None = None) -> GenerationResult:
+        """`controlnet`: ControlNetUnits (pipelines.controlnet); enabled ones steer the generation."""
         params.check_request(req)
         start = time.perf_counter()
         with self.manager.lock:
             loaded = self._prepare_model(req)
-            result = self._run_txt2img(req, loaded, control, save)
+            cn = self._controlnet(controlnet, req, req.width, req.height)
+            try:
+                with self.prompt_job(loaded, req) as job:
+                    result = self._run_txt2img(job.request, loaded, control, save, cn, job=job)
+                result.notices.extend(n for n in job.notices if n not in result.notices)
+            finally:
+                if cn is not None:
+                    cn.release()
         result.seconds = time.perf_counter() - start
         return result
+
+    def img2img(self, req: GenerationRequest, images, mask=None, control: JobControl | None = None, *,
+                save: bool = True) -> GenerationResult:
+        """img2img / inpainting from init image(s) and an optional mask; see `pipelines.img2img`."""
+        from .img2img import img2img
+
+        return img2img(self, req, images, mask, control, save=save)
+
+    def img2img_batch(self, req: GenerationRequest, input_dir, output_dir=None, mask_dir=None,
+                      control: JobControl | None = None):
+        """A folder of init images (+ optional masks of the same names) → output folder, resumable."""
+        from .img2img import img2img_batch
+
+        return img2img_batch(self, req, input_dir, output_dir, mask_dir, control)
+
+    def prompt_job(self, loaded, req: GenerationRequest):
+        """Context for one job's prompts: styles applied, LoRAs active, embeddings hooked (see
+        `pipelines.prompt_extras`); on exit the checkpoint is its own again."""
+        return prompt_job(self.styles, self.networks, loaded.pipe, req)
 
     # ------------------------------------------------------------------ model
     def _prepare_model(self, req: GenerationRequest):
@@ -119,33 +160,58 @@ class Engine:
             self.manager.set_vae(req.sd_vae)
         return loaded
 
+    # ------------------------------------------------------------------ ControlNet
+    def _controlnet(self, units, req: GenerationRequest, width: int, height: int, init_image=None):
+        """The job's ControlNet part (maps, nets, notices) or None when no unit is enabled."""
+        if not units:
+            return None
+        from .controlnet import prepare_job
+
+        return prepare_job(self.manager, units, width, height, init_image=init_image, seed=req.seed)
+
+    def _mode_pipeline(self, mode: str, cn=None):
+        """The mode's pipeline; with active ControlNet units, its ControlNet twin (same loaded components)."""
+        return cn.pipeline(mode) if cn is not None and cn.active else self.manager.pipeline(mode)
+
+    @staticmethod
+    def _controlnet_result(result: GenerationResult, cn, width: int, height: int) -> None:
+        if cn is not None:
+            result.notices.extend(n for n in cn.notices if n not in result.notices)
+            if cn.active:
+                result.control_maps = cn.maps(width, height)
+
     # ------------------------------------------------------------------ txt2img
-    def _run_txt2img(self, req: GenerationRequest, loaded, control: JobControl | None, save: bool) -> GenerationResult:
-        pipe = self.manager.pipeline("txt2img")
+    def _run_txt2img(self, req: GenerationRequest, loaded, control: JobControl | None, save: bool,
+                     cn=None, job: PromptJob | None = None) -> GenerationResult:
+        pipe = self._mode_pipeline("txt2img", cn)
         sdxl = loaded.arch.family in (detect.SDXL, detect.SDXL_REFINER)
         n_images = req.batch_size * req.n_iter
-        seed = params.resolve_seed(req.seed)
-        subseed = params.resolve_seed(req.subseed)
-        seeds = [seed + (i if req.subseed_strength == 0 else 0) for i in range(n_images)]
-        subseeds = [subseed + i for i in range(n_images)]
+        seeds, subseeds = batch_seeds(req)
         hr_size = self._hires_size(req)
-        hr_steps = (req.hr_second_pass_steps or req.steps) if hr_size else 0
-        hr_run = int(hr_steps * req.denoising_strength) if hr_size else 0
-        per_image_steps = _runs(req.sampler_name, req.steps) + _runs(req.sampler_name, hr_run)
+        # A1111: the second pass runs exactly "Hires steps" steps (0 = the first pass's steps), on a
+        # schedule of int(steps / denoising strength) steps entered at the denoising strength's level.
+        hr_steps = (req.hr_second_pass_steps or req.steps) if hr_size and req.denoising_strength > 0 else 0
+        per_image_steps = _callbacks(loaded, req, req.steps)
+        if hr_steps:
+            per_image_steps += _callbacks(loaded, req, _hires_total(loaded, hr_steps, req.denoising_strength), hr_steps)
         tracker = _StepTracker(control, per_image_steps * req.n_iter, n_images, sdxl, self.preview_every)
 
-        encoder = PromptEncoder(pipe, req.clip_skip)
+        encoder = job.encoder(pipe, req.clip_skip) if job else PromptEncoder(pipe, req.clip_skip)
+        enc_req = job.encode_request if job else req   # LoRA tags out of the prompt that is encoded
         result = GenerationResult(request=req)
         for it in range(req.n_iter):
             b0 = it * req.batch_size
-            batch_seeds, batch_subseeds = seeds[b0:b0 + req.batch_size], subseeds[b0:b0 + req.batch_size]
+            b_seeds, b_subseeds = seeds[b0:b0 + req.batch_size], subseeds[b0:b0 + req.batch_size]
             try:
                 if control is not None:
+                    # A skip that arrived after the previous image's last step (while it was decoded or
+                    # saved) is stale: A1111 clears it here rather than dropping an image not yet begun.
+                    control.skipped.clear()
                     control.check()
-                latents, gens = self._sample(pipe, loaded, encoder, req, req.steps, req.width, req.height,
-                                             batch_seeds, batch_subseeds, tracker, b0, "txt2img")
+                latents, gens = self._sample(pipe, loaded, encoder, enc_req, req.steps, req.width, req.height,
+                                             b_seeds, b_subseeds, tracker, b0, "txt2img", cn=cn)
                 if hr_size:
-                    latents = self._hires(loaded, encoder, req, latents, gens, hr_size, hr_steps, tracker, b0)
+                    latents = self._hires(loaded, encoder, enc_req, latents, gens, hr_size, hr_steps, tracker, b0, cn=cn)
                 images = self._decode(pipe, latents)
             except Skipped:
                 result.skipped += 1
@@ -153,26 +219,31 @@ class Engine:
             except Interrupted:
                 result.interrupted = True
                 break
+            extra = job.infotext() if job else None
             for k, image in enumerate(images):
-                self._finish_image(result, loaded, req, image, batch_seeds[k], batch_subseeds[k], save)
+                self._finish_image(result, loaded, req, image, b_seeds[k], b_subseeds[k], save, cn=cn, extra=extra)
         if save and self.saver and len(result.images) > 1 and self.saver_grid:
             result.grid_path = self.saver.save_grid(result.images, result.infotexts[0], seed=result.seeds[0],
                                                     prompt=req.prompt, model_name=loaded.info.model_name)
         result.steps_run = tracker.done
+        self._controlnet_result(result, cn, req.width, req.height)
         return result
 
     saver_grid = False  # A1111's "save grid" option; the UI shows the batch in the gallery either way
 
-    def _finish_image(self, result: GenerationResult, loaded, req, image, seed: int, subseed: int, save: bool):
+    def _finish_image(self, result: GenerationResult, loaded, req, image, seed: int, subseed: int, save: bool,
+                      mode: str = "txt2img", masked: bool = False, cn=None, extra: dict | None = None):
+        extra = {**(cn.infotext() if cn is not None and cn.active else {}), **(extra or {})}
         infotext = build_infotext(req.prompt, req.negative_prompt, params.infotext_params(
             req, seed=seed, subseed=subseed, model_hash=loaded.info.shorthash,
-            model_name=loaded.info.model_name, vae_name=loaded.vae_name, mode="txt2img"))
+            model_name=loaded.info.model_name, vae_name=loaded.vae_name, mode=mode, masked=masked,
+            extra=extra or None))
         result.images.append(image)
         result.infotexts.append(infotext)
         result.seeds.append(seed)
         result.subseeds.append(subseed)
         if save and self.saver is not None:
-            result.paths.append(self.saver.save(image, infotext, kind="txt2img-images", seed=seed, prompt=req.prompt,
+            result.paths.append(self.saver.save(image, infotext, kind=f"{mode}-images", seed=seed, prompt=req.prompt,
                                                 model_name=loaded.info.model_name,
                                                 extra={"steps": req.steps, "cfg": req.cfg_scale,
                                                        "sampler": req.sampler_name}))
@@ -192,19 +263,28 @@ class Engine:
         return w, h
 
     # ------------------------------------------------------------------ sampling
-    def _embeds(self, encoder: PromptEncoder, req: GenerationRequest, steps: int):
-        cond_sched = encoder.schedule(req.prompt, steps)
-        uncond_sched = encoder.schedule(req.negative_prompt, steps)
+    def _embeds(self, encoder: PromptEncoder, req: GenerationRequest, steps: int, hires_steps: int | None = None,
+                order: int = 1):
+        """Conditioning schedules indexed by callback number. As in A1111, a second-order sampler's schedule
+        counts model evaluations (steps x order), and the hires pass uses the hires timeline (`[a:b:0.5]`
+        stays switched; 1.5 = halfway through hires)."""
+        hires = hires_steps * order if hires_steps else None
+        cond_sched = encoder.schedule(req.prompt, steps * order, hires)
+        uncond_sched = encoder.schedule(req.negative_prompt, steps * order, hires)
         chunks = max(c.chunks for _, c in cond_sched + uncond_sched)
         cond_sched = [(e, encoder.pad(c, chunks)) for e, c in cond_sched]
         uncond_sched = [(e, encoder.pad(c, chunks)) for e, c in uncond_sched]
         return cond_sched, uncond_sched
 
     def _sample(self, pipe, loaded, encoder, req, steps, width, height, seeds, subseeds, tracker, image0, label,
-                image=None, strength=None, gens=None):
-        """One diffusers call producing latents; prompt schedules swap embeddings between steps."""
+                image=None, strength=None, gens=None, hires_steps=None, mask=None, masked_image_latents=None,
+                noise=None, cn=None):
+        """One diffusers call producing latents; prompt schedules swap embeddings between steps.
+
+        `steps` is diffusers' num_inference_steps; for the hires pass `hires_steps` of them are run.
+        img2img / inpainting (`pipelines.img2img`): `image` is the init latents, `mask` the inpaint mask
+        (PIL, white = repaint) with `masked_image_latents`, and `noise` the seeded initial noise."""
         batch = len(seeds)
-        cond_sched, uncond_sched = self._embeds(encoder, req, steps)
         device = pipe.unet.device
         dtype = pipe.unet.dtype
         sdxl = "add_text_embeds" in getattr(pipe, "_callback_tensor_inputs", [])
@@ -216,9 +296,19 @@ class Engine:
         else:
             kwargs["image"] = image
             kwargs["strength"] = strength
-        if loaded.arch.inpaint:
+        if mask is not None:
+            kwargs["mask_image"] = mask
+            if masked_image_latents is not None:
+                kwargs["masked_image_latents"] = masked_image_latents.to(device, dtype)
+        elif loaded.arch.inpaint:
             kwargs.update(_full_mask_inputs(pipe, width, height, image))
         pipe.scheduler = samplers.build_scheduler(loaded.scheduler_config, req.sampler_name, req.scheduler)
+        if noise is not None and image is not None:
+            kwargs.update(_seeded_noise(pipe, noise.to(device, dtype), strength))
+        if hires_steps:
+            cond_sched, uncond_sched = self._embeds(encoder, req, req.steps, hires_steps, pipe.scheduler.order)
+        else:
+            cond_sched, uncond_sched = self._embeds(encoder, req, steps, None, pipe.scheduler.order)
 
         def embeds_at(step: int) -> tuple[Conditioning, Conditioning]:
             return at_step(cond_sched, step), at_step(uncond_sched, step)
@@ -246,6 +336,8 @@ class Engine:
             return out
 
         accepted = _call_params(pipe)
+        if cn is not None and cn.active:
+            kwargs.update(cn.call_kwargs(pipe, width, height, req.cfg_scale))
         if "eta" in accepted:
             kwargs["eta"] = req.eta
         if "height" in accepted:  # img2img pipelines take the size from the image
@@ -255,9 +347,9 @@ class Engine:
                        **kwargs).images
         return latents, gens
 
-    def _hires(self, loaded, encoder, req, latents, gens, size, steps, tracker, image0):
+    def _hires(self, loaded, encoder, req, latents, gens, size, steps, tracker, image0, cn=None):
         w, h = size
-        pipe = self.manager.pipeline("img2img")
+        pipe = self._mode_pipeline("img2img", cn)
         # 9-channel inpainting UNets need a real image (+ mask) for the second pass: upscale in pixels.
         if req.hr_upscaler.startswith("Latent") and not loaded.arch.inpaint:
             mode = {"Latent": "bilinear", "Latent (nearest)": "nearest", "Latent (nearest-exact)": "nearest-exact",
@@ -268,10 +360,13 @@ class Engine:
 
             resample = Image.NEAREST if req.hr_upscaler == "Nearest" else Image.LANCZOS
             image = [im.resize((w, h), resample) for im in self._decode(pipe, latents)]
-        if int(steps * req.denoising_strength) < 1:
+        if steps < 1:  # denoising strength 0: upscale only
             return image if isinstance(image, torch.Tensor) else _encode_images(pipe, image)
-        out, _ = self._sample(pipe, loaded, encoder, req, steps, w, h, [0] * latents.shape[0], None, tracker,
-                              image0, "hires", image=image, strength=req.denoising_strength, gens=gens)
+        total = _hires_total(loaded, steps, req.denoising_strength)
+        # diffusers runs int(total * strength) steps: ask for exactly `steps` (A1111's t_enc + 1)
+        strength = min(1.0, (steps + 0.5) / total)
+        out, _ = self._sample(pipe, loaded, encoder, req, total, w, h, [0] * latents.shape[0], None, tracker,
+                              image0, "hires", image=image, strength=strength, gens=gens, hires_steps=steps, cn=cn)
         return out
 
     @torch.no_grad()
@@ -284,11 +379,48 @@ class Engine:
         return pipe.image_processor.postprocess(decoded.float(), output_type="pil")
 
 
-def _runs(sampler_name: str, steps: int) -> int:
-    """Callbacks per pass: second-order samplers call back at every (sub)step diffusers runs."""
-    if steps <= 0:
-        return 0
-    return 2 * steps - 1 if sampler_name in ("Heun", "DPM2", "DPM2 a") else steps
+def batch_seeds(req: GenerationRequest) -> tuple[list[int], list[int]]:
+    """Seeds and variation seeds of the batch_size x n_iter images (A1111: seed + i, or one seed for all
+    when a variation strength is set; -1 resolved to a random seed)."""
+    n_images = req.batch_size * req.n_iter
+    seed = params.resolve_seed(req.seed)
+    subseed = params.resolve_seed(req.subseed)
+    return ([seed + (i if req.subseed_strength == 0 else 0) for i in range(n_images)],
+            [subseed + i for i in range(n_images)])
+
+
+def _hires_total(loaded, steps: int, denoising_strength: float) -> int:
+    """A1111's img2img schedule length for running `steps` steps at this strength (`setup_img2img_steps`),
+    capped at the training timesteps (DDIM and others refuse more)."""
+    cap = max(steps, int(loaded.scheduler_config.get("num_train_timesteps", 1000)))
+    return min(cap, max(steps, int(steps / min(denoising_strength, 0.999))))
+
+
+def _callbacks(loaded, req: GenerationRequest, steps: int, run: int | None = None) -> int:
+    """Step callbacks diffusers makes for `steps` inference steps (the last `run` of them for img2img):
+    second-order samplers (Heun, DPM2, DPM++ SDE) call back at every model evaluation, PLMS once more."""
+    scheduler = samplers.build_scheduler(loaded.scheduler_config, req.sampler_name, req.scheduler)
+    scheduler.set_timesteps(steps)
+    timesteps = scheduler.timesteps
+    if run is not None:
+        timesteps = timesteps[(steps - run) * scheduler.order:]
+    return len(timesteps)
+
+
+def _seeded_noise(pipe, noise: torch.Tensor, strength: float) -> dict:
+    """Make an img2img/inpaint pipeline start from our CPU-seeded noise (variation seeds included) instead of
+    noise it draws itself: the pipelines noise the init latents with `scheduler.add_noise(latents, noise, t)`
+    (the 4-channel inpaint loop re-noises the kept area with the same call), so the fresh scheduler built for
+    this call substitutes `noise` there; at strength 1 the inpaint pipelines take it as `latents`."""
+    add_noise = pipe.scheduler.add_noise
+
+    def seeded_add_noise(original_samples, drawn, timesteps):
+        return add_noise(original_samples, noise if drawn.shape == noise.shape else drawn, timesteps)
+
+    pipe.scheduler.add_noise = seeded_add_noise
+    if strength >= 1.0 and "mask_image" in _call_params(pipe):
+        return {"latents": noise}
+    return {}
 
 
 def _call_params(pipe) -> set[str]:

@@ -2,6 +2,7 @@
 
 - full hash: sha256 of the whole file; A1111 shows its first 10 hex chars as the short hash.
 - legacy hash (A1111 "model hash" before 2023): sha256 of 64 KiB at offset 1 MiB, first 8 hex chars.
+- addnet hash (LoRA .safetensors): sha256 of the data after the header; A1111 shows its first 12 hex chars.
 The full hash of a multi-GB file takes tens of seconds, so results are cached in a JSON file keyed by
 path + size + mtime; a file that did not change is never hashed twice.
 """
@@ -19,6 +20,18 @@ _CHUNK = 1 << 20
 def sha256_file(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
+        for block in iter(lambda: f.read(_CHUNK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def addnet_hash_safetensors(path: str | os.PathLike) -> str:
+    """sha256 of a .safetensors file's tensor data, after its JSON header (kohya-ss / sd-webui-additional-
+    networks; A1111 hashes LoRA files this way, so editing their metadata does not change the hash)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+        f.seek(8 + header_len)
         for block in iter(lambda: f.read(_CHUNK), b""):
             h.update(block)
     return h.hexdigest()
@@ -59,17 +72,29 @@ class HashCache:
 
     def sha256(self, path: str | os.PathLike, *, compute: bool = True) -> str | None:
         """Cached sha256 of `path`; None when not cached and `compute` is False."""
+        return self._cached(path, "sha256", sha256_file, compute)
+
+    def addnet(self, path: str | os.PathLike, *, compute: bool = True) -> str | None:
+        """Cached kohya/"addnet" hash of a .safetensors file (what A1111 shows for LoRAs)."""
+        return self._cached(path, "addnet", addnet_hash_safetensors, compute)
+
+    def _cached(self, path, kind: str, fn, compute: bool) -> str | None:
         path = str(Path(path).resolve())
         st = os.stat(path)
         with self._lock:
             entry = self._load().get(path)
-            if entry and entry.get("size") == st.st_size and entry.get("mtime") == st.st_mtime:
-                return entry["sha256"]
+            fresh = bool(entry) and entry.get("size") == st.st_size and entry.get("mtime") == st.st_mtime
+            if fresh and entry.get(kind):
+                return entry[kind]
         if not compute:
             return None
-        digest = sha256_file(path)
+        digest = fn(path)
         with self._lock:
             self.computed += 1
-            self._load()[path] = {"sha256": digest, "size": st.st_size, "mtime": st.st_mtime}
+            entry = self._load().get(path)
+            if not (entry and entry.get("size") == st.st_size and entry.get("mtime") == st.st_mtime):
+                entry = {"size": st.st_size, "mtime": st.st_mtime}
+            entry[kind] = digest
+            self._load()[path] = entry
             self._save()
         return digest

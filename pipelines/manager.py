@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from . import detect, loading
+from .controlnet import ControlNetCache
 from .devices import DevicePolicy, make_policy
 from .errors import UserError
 from .loading import LoadedCheckpoint
@@ -41,7 +42,7 @@ _MODE_CLASSES = {
 
 class PipelineManager:
     def __init__(self, registry: ModelRegistry, *, policy: DevicePolicy | None = None, cache_size: int = 2,
-                 config_root: Path | None = None, sd2_prediction: str = "epsilon"):
+                 config_root: Path | None = None, sd2_prediction: str = "epsilon", controlnet_cache_size: int = 3):
         self.registry = registry
         self.policy = policy or make_policy()
         self.cache_size = max(1, int(cache_size))
@@ -53,6 +54,8 @@ class PipelineManager:
         self._listeners: list[ProgressListener] = []
         self.status = "no model loaded"
         self.disk_loads = 0   # checkpoint reads from disk (tests and the benchmark check cache hits)
+        # ControlNet models (discovery + loaded modules); pipelines with them come from the active checkpoint
+        self.controlnets = ControlNetCache(registry.paths, self.policy, self.config_root, controlnet_cache_size)
 
     # ------------------------------------------------------------------ progress
     def add_listener(self, fn: ProgressListener) -> None:
@@ -125,6 +128,8 @@ class PipelineManager:
 
     def _place(self, loaded: LoadedCheckpoint, device: str) -> None:
         pipe = loaded.pipe
+        if not self._on_gpu:
+            return  # loaded on the CPU in the policy's dtype already: nothing to move
         if device != "cpu" and self.policy.lowvram:
             pipe.enable_model_cpu_offload(device=device)
             return
@@ -160,6 +165,7 @@ class PipelineManager:
         with self.lock:
             self._cache.clear()
             self.active = None
+            self.controlnets.clear()
             self._free_memory()
             self._progress("no model loaded", 1.0)
 

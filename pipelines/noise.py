@@ -10,15 +10,19 @@ import torch
 
 
 def slerp(t: float, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Spherical interpolation between two noise tensors (A1111's variation seed blend)."""
-    a_n = a / a.norm()
-    b_n = b / b.norm()
-    dot = (a_n * b_n).sum()
-    if dot.abs() > 0.9995:
-        return (1 - t) * a + t * b
+    """A1111's variation-seed blend (`modules/rng.py` slerp), so a variation seed gives A1111's noise.
+
+    For one image's noise [C, H, W], A1111 normalises along dim 1 and interpolates each of those
+    vectors spherically; nearly parallel noises fall back to a linear blend.
+    """
+    a_n = a / torch.norm(a, dim=1, keepdim=True)
+    b_n = b / torch.norm(b, dim=1, keepdim=True)
+    dot = (a_n * b_n).sum(1)
+    if dot.mean() > 0.9995:
+        return (1 - t) * a + t * b  # (A1111 swaps the weights here, a typo that only shows when a ~ b)
     omega = torch.acos(dot)
     so = torch.sin(omega)
-    return (torch.sin((1.0 - t) * omega) / so) * a + (torch.sin(t * omega) / so) * b
+    return (torch.sin((1.0 - t) * omega) / so).unsqueeze(1) * a + (torch.sin(t * omega) / so).unsqueeze(1) * b
 
 
 def image_noise(shape: tuple[int, ...], seeds: list[int], subseeds: list[int] | None = None,

@@ -20,6 +20,7 @@ MAX_SIDE = 2048
 MAX_PIXELS = 2048 * 2048
 SEED_MAX = 2**32 - 1
 PROMPT_MAX_CHARS = 20_000
+MAX_STYLES = 64
 HIRES_UPSCALERS = ("Latent", "Latent (nearest)", "Latent (nearest-exact)", "Latent (bicubic)", "Lanczos", "Nearest")
 
 
@@ -34,7 +35,7 @@ class Param:
     maximum: float | None = None
     step: float | None = None
     choices: Callable[[], Iterable[str]] | tuple[str, ...] | None = None
-    widget: str = "auto"                 # UI hint: auto, textbox, slider, dropdown, checkbox, number
+    widget: str = "auto"                 # UI hint: auto, textbox, slider, dropdown, checkbox, number, multiselect
     group: str = "main"                  # UI grouping: prompt, sampling, size, batch, seed, hires, model
     modes: tuple[str, ...] = ("txt2img", "img2img")
     doc: str = ""
@@ -42,11 +43,20 @@ class Param:
     write_if: Callable[[Any, Any], bool] | None = None
     aliases: tuple[str, ...] = ()        # other field names accepted on input (legacy API names)
     max_length: int | None = None        # strings: longest accepted value
+    # Integer/bool parameters shown and written by name (A1111 radio buttons): labels[value] is the
+    # infotext text and the UI choice; the API sends the index.
+    labels: tuple[str, ...] | None = None
 
     def choice_list(self) -> list[str] | None:
         if self.choices is None:
             return None
         return list(self.choices() if callable(self.choices) else self.choices)
+
+    def label_of(self, value: Any) -> Any:
+        """The infotext / UI text of a value (its label when the parameter has labels)."""
+        if self.labels is not None and isinstance(value, (bool, int)) and 0 <= int(value) < len(self.labels):
+            return self.labels[int(value)]
+        return value
 
     def convert(self, value: Any) -> Any:
         """Convert and check one value; raises ParameterError naming the field."""
@@ -77,12 +87,20 @@ class Param:
             elif self.type is str:
                 if not isinstance(value, str):
                     raise ValueError(value)
+            elif self.type is tuple:  # a list of names (styles); one string is one name
+                if isinstance(value, str):
+                    value = (value,)
+                if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                    raise ValueError(value)
+                value = tuple(v for v in value if v)
         except (TypeError, ValueError, OverflowError):
             shown = repr(value)
             shown = shown if len(shown) <= 60 else shown[:57] + "..."
-            raise ParameterError(self.name, f"expected {self.type.__name__}, got {shown}") from None
+            expected = "a list of strings" if self.type is tuple else self.type.__name__
+            raise ParameterError(self.name, f"expected {expected}, got {shown}") from None
         if self.max_length is not None and len(value) > self.max_length:
-            raise ParameterError(self.name, f"{len(value)} characters is longer than the {self.max_length} allowed")
+            unit = "items" if self.type is tuple else "characters"
+            raise ParameterError(self.name, f"{len(value)} {unit} is longer than the {self.max_length} allowed")
         if self.minimum is not None and value < self.minimum:
             raise ParameterError(self.name, f"{value} is below the minimum {self.minimum:g}")
         if self.maximum is not None and value > self.maximum:
@@ -105,11 +123,26 @@ def _clip_skip_written(value, _default) -> bool:
     return value > 1  # A1111 writes "Clip skip" only above 1
 
 
+def _positive(value, _default) -> bool:
+    return value > 0
+
+
+RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)")
+MASK_MODES = ("Inpaint masked", "Inpaint not masked")
+MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")
+INPAINT_AREAS = ("Whole picture", "Only masked")
+
+
 PARAMS: tuple[Param, ...] = (
     # Prompts are capped: parsing cost grows with nesting, and no real prompt comes near this.
     Param("prompt", str, "", "Prompt", widget="textbox", group="prompt", max_length=PROMPT_MAX_CHARS),
     Param("negative_prompt", str, "", "Negative prompt", widget="textbox", group="prompt",
           max_length=PROMPT_MAX_CHARS),
+    # A1111 API `styles: list[str]`: names in styles.csv, applied in order to both prompts before anything
+    # else (pipelines.styles); the infotext keeps the final prompts, not the names (as A1111).
+    Param("styles", tuple, (), "Styles", widget="multiselect", group="prompt", max_length=MAX_STYLES,
+          doc="names of prompt styles (styles.csv) applied in order; {prompt} in a style marks where the "
+              "prompt goes, else the style text is appended"),
     Param("steps", int, 20, "Sampling steps", "Steps", 1, 150, 1, group="sampling", write_if=_always),
     Param("sampler_name", str, "Euler a", "Sampling method", "Sampler", choices=lambda: samplers.SAMPLER_NAMES,
           widget="dropdown", group="sampling",
@@ -131,7 +164,8 @@ PARAMS: tuple[Param, ...] = (
     Param("subseed_strength", float, 0.0, "Variation strength", "Variation seed strength", 0.0, 1.0, 0.01,
           group="seed"),
     Param("denoising_strength", float, 0.7, "Denoising strength", "Denoising strength", 0.0, 1.0, 0.01,
-          group="hires"),
+          group="hires", write_if=_always,
+          doc="img2img: steps run = int(steps x strength); txt2img: the hires pass (written only with hires fix)"),
     Param("clip_skip", int, 1, "Clip skip", "Clip skip", 1, 12, 1, group="sampling", write_if=_clip_skip_written),
     Param("eta", float, 0.0, "Eta (DDIM / ancestral noise)", "Eta", 0.0, 1.0, 0.01, group="sampling"),
     Param("batch_size", int, 1, "Batch size", None, 1, 8, 1, group="batch"),
@@ -146,6 +180,23 @@ PARAMS: tuple[Param, ...] = (
           modes=("txt2img",)),
     Param("hr_resize_y", int, 0, "Resize height to", "Hires resize-2", 0, MAX_SIDE, 8, group="hires",
           modes=("txt2img",)),
+    # img2img / inpainting (A1111 API names; infotext keys and labels as A1111 writes them). The "inpaint"
+    # group applies only when a mask is given; infotext_params(masked=...) writes it only then.
+    Param("resize_mode", int, 0, "Resize mode", "Resize mode", 0, 3, 1, widget="radio", group="size",
+          modes=("img2img",), labels=RESIZE_MODES,
+          doc="0 just resize, 1 crop and resize, 2 resize and fill, 3 just resize (latent upscale)"),
+    Param("inpainting_mask_invert", int, 0, "Mask mode", "Mask mode", 0, 1, 1, widget="radio", group="inpaint",
+          modes=("img2img",), labels=MASK_MODES, doc="1 = repaint the black (unmasked) area instead"),
+    Param("mask_blur", int, 4, "Mask blur", "Mask blur", 0, 64, 1, group="inpaint", modes=("img2img",),
+          write_if=_positive, doc="Gaussian blur of the mask edge, pixels"),
+    Param("inpaint_full_res", bool, False, "Inpaint area", "Inpaint area", widget="radio", group="inpaint",
+          modes=("img2img",), labels=INPAINT_AREAS,
+          doc="True = only masked: work on a crop around the mask at full width x height, paste it back"),
+    Param("inpaint_full_res_padding", int, 32, "Only masked padding, pixels", "Masked area padding", 0, 256, 4,
+          group="inpaint", modes=("img2img",), write_if=_always, doc="written only with 'Only masked'"),
+    Param("inpainting_fill", int, 1, "Masked content", "Masked content", 0, 3, 1, widget="radio", group="inpaint",
+          modes=("img2img",), labels=MASKED_CONTENT,
+          doc="what the masked area starts from: 0 fill, 1 original, 2 latent noise, 3 latent nothing"),
 )
 
 BY_NAME: dict[str, Param] = {p.name: p for p in PARAMS}
@@ -209,10 +260,10 @@ def _split_combined_sampler(values: dict[str, Any]) -> dict[str, Any]:
             sched_key = "Schedule type" if key == "Sampler" else "scheduler"
             try:
                 s, sched = samplers.resolve(name, values.get(sched_key))
-            except ParameterError as err:
+            except ParameterError:
                 if key == "Sampler":
                     continue  # kept as an unknown infotext value by the caller
-                raise ParameterError("sampler_name", str(err).split(": ", 1)[1]) from None
+                raise  # names its own field: sampler_name (unknown sampler) or scheduler (unsupported schedule)
             values[key] = s.name
             values[sched_key] = sched
     return values
@@ -241,10 +292,17 @@ _INFOTEXT_ORDER = ("Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Si
 
 def infotext_params(req: GenerationRequest, *, seed: int | None = None, subseed: int | None = None,
                     model_hash: str | None = None, model_name: str | None = None, vae_name: str | None = None,
-                    vae_hash: str | None = None, mode: str = "txt2img", extra: dict | None = None) -> dict[str, Any]:
-    """The ordered `key: value` pairs of an image's infotext (A1111 key order)."""
-    values = {p.infotext: getattr(req, p.name) for p in PARAMS if p.infotext and mode in p.modes
+                    vae_hash: str | None = None, mode: str = "txt2img", extra: dict | None = None,
+                    masked: bool = False) -> dict[str, Any]:
+    """The ordered `key: value` pairs of an image's infotext (A1111 key order).
+
+    `masked`: img2img with a mask (inpainting); the "inpaint" group is written only then.
+    """
+    values = {p.infotext: p.label_of(getattr(req, p.name)) for p in PARAMS if p.infotext and mode in p.modes
+              and (masked or p.group != "inpaint")
               and (p.write_if or (lambda v, d: v != d))(getattr(req, p.name), p.default)}
+    if not (masked and req.inpaint_full_res):
+        values.pop(BY_NAME["inpaint_full_res_padding"].infotext, None)
     if seed is not None:
         values["Seed"] = seed
     values["Size"] = f"{req.width}x{req.height}"
@@ -303,9 +361,16 @@ def request_values_from_infotext(params: dict[str, str]) -> tuple[dict[str, Any]
                 unknown[key] = raw
             continue
         try:
-            known[param.name] = param.convert(raw)
+            value = param.labels.index(raw) if param.labels and raw in param.labels else raw
+            known[param.name] = param.convert(value)
         except ParameterError:
             unknown[key] = raw
+    if "sampler_name" in known and "scheduler" in known:
+        try:
+            samplers.resolve(known["sampler_name"], known["scheduler"])
+        except ParameterError:  # e.g. A1111's "Euler a" + "Karras": keep the sampler, show the schedule
+            unknown["Schedule type"] = params["Schedule type"]
+            del known["scheduler"]
     if any(k.startswith("Hires") for k in params):
         known["enable_hr"] = True
     if "Variation seed strength" not in params:

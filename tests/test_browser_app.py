@@ -119,7 +119,7 @@ def test_txt2img_generates_and_saves_parameters(generated):
     for part in ("Steps: 3", "Seed: 1234", "Size: 64x64", "Model: tiny-sd1"):
         assert part in text
     assert generated["infotext"] == text       # the UI shows what the file holds
-    assert generated["counter"] == "10/75"      # CLIP tokens of the prompt, per 75-token chunk
+    assert generated["counter"] == "7/75"   # CLIP tokens after emphasis parsing, per 75-token chunk
 
 
 def test_pnginfo_sends_every_field_to_txt2img(page, generated, app):

@@ -44,6 +44,29 @@ def startup_checkpoint(services, args):
     return None, no_model_message(services)
 
 
+def report_startup_load(job) -> None:
+    """Say on the console how the initial checkpoint load ended (the UI status line says it too)."""
+    from pipelines.errors import UserError
+
+    job.done.wait()
+    if job.error is None:
+        return
+    if isinstance(job.error, UserError):
+        log.error("loading the checkpoint failed: %s", job.error)
+    else:
+        log.error("loading the checkpoint failed", exc_info=job.error)
+
+
+def warm_tokenizer() -> None:
+    """Build the CLIP tokenizer in the background so the first token count answers at once."""
+    try:
+        from pipelines.tokenizers import clip_tokenizer
+
+        clip_tokenizer()
+    except Exception:  # noqa: BLE001 - only a warm-up; the counter reports its own errors
+        log.debug("tokenizer warm-up failed", exc_info=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -79,9 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             startup_job = services.submit(lambda: services.manager.load(ckpt), label=f"load {ckpt.title}")
             startup_job.target_title = ckpt.title
+            threading.Thread(target=report_startup_load, args=(startup_job,), name="startup-load", daemon=True).start()
 
     demo = None
-    from .ui import CSS, HEAD_JS
+    from .ui import CSS, LOAD_JS
 
     if not args.nowebui:
         from .ui import build_ui
@@ -89,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         demo = build_ui(services, access, startup_job=startup_job)
     from .server import create_app, find_port, start_server, start_share_tunnel
 
-    app = create_app(services, access, demo, api=args.api or args.nowebui, css=CSS, head=HEAD_JS)
+    app = create_app(services, access, demo, api=args.api or args.nowebui, css=CSS, js=LOAD_JS)
     host = "0.0.0.0" if args.listen else "127.0.0.1"
     try:
         port = find_port(host, args.port)
@@ -116,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
         import webbrowser
 
         threading.Thread(target=webbrowser.open, args=(url,), daemon=True).start()
+
+    if demo is not None:
+        threading.Thread(target=warm_tokenizer, name="warm-tokenizer", daemon=True).start()
 
     stop = threading.Event()
 

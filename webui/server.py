@@ -68,7 +68,7 @@ def api_router(services: Services, access: AccessControl):
 
 
 def create_app(services: Services, access: AccessControl, demo=None, *, api: bool = False,
-               css: str | None = None, head: str | None = None):
+               css: str | None = None, js: str | None = None):
     """FastAPI app: API routes first (HTTP Basic when credentials are set), then the UI at '/'."""
     from fastapi import Depends, FastAPI
 
@@ -88,7 +88,7 @@ def create_app(services: Services, access: AccessControl, demo=None, *, api: boo
         demo.queue(default_concurrency_limit=8, max_size=256)
         gr.mount_gradio_app(app, demo, path="", auth=access.gradio_auth(),
                             auth_message="Log in to the Stable Diffusion web UI", ssr_mode=False,
-                            allowed_paths=[str(services.saver.root)], show_error=True, css=css, head=head,
+                            allowed_paths=[str(services.saver.root)], show_error=True, css=css, js=js,
                             footer_links=["api"] if api else [], run_history=False,
                             server_name="0.0.0.0" if args.listen else "127.0.0.1",
                             server_port=getattr(args, "port", None) or DEFAULT_PORT)

@@ -45,23 +45,32 @@ CSS = """
 .progress-bar { height: 8px; border-radius: 4px; background: var(--border-color-primary); overflow: hidden; }
 .progress-fill { height: 100%; background: var(--color-accent); transition: width 0.2s; }
 .progress-text { font-size: 0.9em; margin-top: 3px; }
-.pnginfo-table { width: 100%; border-collapse: collapse; font-size: 0.92em; }
-.pnginfo-table th { text-align: left; vertical-align: top; padding: 3px 10px 3px 0; white-space: nowrap; opacity: 0.8; }
-.pnginfo-table td { padding: 3px 0; word-break: break-word; white-space: pre-wrap; }
+.job-progress.failed .progress-text { color: var(--error-text-color, #b91c1c); }
+#pnginfo_generation_info table.pnginfo-table { width: 100%; border-collapse: collapse; font-size: 0.92em;
+                                              border: none !important; margin: 0; }
+#pnginfo_generation_info .pnginfo-table th, #pnginfo_generation_info .pnginfo-table td {
+    border: none !important; border-bottom: 1px solid var(--border-color-primary) !important;
+    padding: 5px 8px !important; vertical-align: top; text-align: left; }
+#pnginfo_generation_info .pnginfo-table th { white-space: nowrap; font-weight: 600; opacity: 0.75; width: 1%; }
+#pnginfo_generation_info .pnginfo-table td { word-break: break-word; white-space: pre-wrap; }
+.pnginfo-empty { opacity: 0.7; padding: 8px 0; }
 .no-model { border: 1px solid var(--color-accent); border-radius: 8px; padding: 10px 14px; }
 footer { display: none !important; }
 """
 
-HEAD_JS = """
-<script>
-document.addEventListener('keydown', (e) => {
-  if ((e.ctrlKey || e.metaKey) && e.key === 'Enter') {
-    const tab = document.querySelector('#tab_txt2img');
-    const btn = document.querySelector('#txt2img_generate');
-    if (btn && tab && tab.offsetParent !== null) { e.preventDefault(); btn.click(); }
-  }
-});
-</script>
+# Run once when the page loads (Gradio's `js=`): Ctrl+Enter / Cmd+Enter clicks Generate on the visible tab.
+LOAD_JS = """
+() => {
+  if (window.__webuiKeys) return;
+  window.__webuiKeys = true;
+  document.addEventListener('keydown', (e) => {
+    if ((e.ctrlKey || e.metaKey) && e.key === 'Enter') {
+      const tab = document.querySelector('#tab_txt2img');
+      const btn = document.querySelector('#txt2img_generate');
+      if (btn && tab && tab.offsetParent !== null) { e.preventDefault(); btn.click(); }
+    }
+  });
+}
 """
 
 
@@ -74,6 +83,7 @@ class UIContext:
     vae: Any = None
     tabs: Any = None
     startup_job: Any = None            # the initial checkpoint load, if any
+    tab_objects: dict[str, Any] = field(default_factory=dict)
 
     @property
     def args(self):
@@ -107,6 +117,15 @@ class UIContext:
     # ------------------------------------------------------------------ models
     def checkpoint_titles(self) -> list[str]:
         return [m.title for m in self.services.registry.checkpoints]
+
+    def style_names(self) -> list[str]:
+        """Prompt styles (styles.csv) when the services provide a style database, else none."""
+        db = getattr(self.services, "styles", None)
+        try:
+            return list(db.names()) if db is not None else []
+        except Exception:  # noqa: BLE001 - a broken styles.csv must not stop the UI; the log says why
+            log.exception("could not read the prompt styles")
+            return []
 
     def vae_choices(self) -> list[str]:
         return ["Automatic", "None"] + [m.name for m in self.services.registry.vaes]
@@ -177,18 +196,32 @@ class TopBar:
         self._progress = ("", 1.0)
         ctx.services.manager.add_listener(self._on_progress)
         self._download_lock = threading.Lock()
-        self._download: dict[str, Any] = {}
+        self._load_jobs: list = []          # checkpoint loads started from the UI, while they run
+        self._failure: str | None = None    # why the last load from the UI failed
 
     def _on_progress(self, stage: str, fraction: float) -> None:
         self._progress = (stage, fraction)
 
+    def _busy(self) -> bool:
+        self._load_jobs = [j for j in self._load_jobs if not j.done.is_set()]
+        return self.ctx.loading() or bool(self._load_jobs)
+
     def status_html(self) -> str:
+        """Loading: the manager's stage with a progress bar; else what is active, or why nothing is."""
         m = self.ctx.services.manager
-        stage, frac = self._progress
-        busy = (frac < 1.0 and stage) or self.ctx.loading()
-        text = m.status if m.status else "no model loaded"
-        if busy:
+        if self._busy():
+            stage, frac = self._progress
+            text = m.status or "loading"
             return f"<div class='model-status'>{progress_html(text, frac if frac < 1 else None, state='running')}</div>"
+        startup = self.ctx.startup_job
+        if self._failure:
+            text = self._failure
+        elif m.active is None and startup is not None and startup.error is not None:
+            text = f"Loading the checkpoint failed: {startup.error}"
+        elif m.active is not None:
+            text = m.status if m.status.startswith(m.active.info.title) else f"{m.active.info.title} ready"
+        else:
+            text = "no model loaded"
         return f"<div class='model-status'>{html.escape(text)}</div>"
 
     def build(self) -> None:
@@ -246,6 +279,7 @@ class TopBar:
         if ctx.loading() and ctx.current_checkpoint() == title:
             return  # the startup load is bringing this one in
         job = services.submit(lambda: services.manager.load(title), label=f"load {title}")
+        self._load_jobs.append(job)
         while not job.done.wait(POLL_SECONDS):
             pos = services.queue.position(job)
             if pos > 0:
@@ -254,9 +288,11 @@ class TopBar:
                 yield self.status_html(), gr.update()
         if job.error is not None:
             keep = services.manager.active.info.title if services.manager.active else None
-            gr.Warning(f"Could not load {title}: {job.error}")
+            self._failure = f"Could not load {title}: {job.error}" + (f"; {keep} stays active" if keep else "")
+            gr.Warning(self._failure)
             yield self.status_html(), gr.update(value=keep)
             return
+        self._failure = None
         loaded = services.manager.active
         new_title = loaded.info.title if loaded else title
         update = gr.update(choices=ctx.checkpoint_titles(), value=new_title) if new_title != title else gr.update()
@@ -307,7 +343,10 @@ class TopBar:
                        gr.update(), gr.update())
                 thread.join(0.5)
             if state["error"] is not None:
-                raise user_error(state["error"])
+                err = state["error"]
+                message = f"{err} into {folder}" if str(err).endswith("by hand") else str(err)
+                yield progress_html(f"Download failed: {message}", state="failed"), gr.update(), gr.update()
+                raise user_error(type(err)(message) if isinstance(err, UserError) else err)
             services.registry.refresh()
             title = ctx.find_checkpoint(state["path"].name)
             yield (progress_html(f"Downloaded to {state['path']}", state="done"),
@@ -329,6 +368,7 @@ def build_ui(services: Services, access: AccessControl, *, startup_job=None) -> 
             tabs = [Txt2ImgTab(ctx), PngInfoTab(ctx)]
             for tab in tabs:
                 tab.build()
+            ctx.tab_objects = {"txt2img": tabs[0], "pnginfo": tabs[1], "topbar": topbar}
         for tab in tabs:
             tab.wire()
         topbar.events(demo)

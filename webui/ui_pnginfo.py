@@ -9,10 +9,9 @@ import gradio as gr
 
 from pipelines.errors import UserError
 from pipelines.infotext import parse_infotext
-from pipelines.params import BY_NAME, request_values_from_infotext
+from pipelines.params import request_values_from_infotext
 
 from .ui_common import PasteTarget, errors_to_ui
-from .widgets import widget_kind
 
 if TYPE_CHECKING:
     from .ui import UIContext
@@ -100,40 +99,28 @@ class PngInfoTab:
             self._wire_target(button, target)
 
     def _wire_target(self, button, target: PasteTarget) -> None:
-        ctx = self.ctx
-        names = list(target.fields)
-        outputs = [ctx.tabs, ctx.checkpoint, *target.fields.values()]
+        outputs = [self.ctx.tabs, self.ctx.checkpoint, *target.fields.values()]
+        button.click(lambda text: self.send(text, target), inputs=self.text, outputs=outputs,
+                     show_progress="hidden", api_visibility="private")
 
-        def send(text: str):
-            if not text:
-                raise gr.Error("No generation parameters to send: drop an image that has them first")
-            values, unknown = paste_values(text, target.fields)
-            ckpt_update = gr.update()
-            model = None
-            parsed = parse_infotext(text).params
-            for query in (parsed.get("Model hash"), parsed.get("Model")):
-                if query:
-                    model = ctx.find_checkpoint(query)
-                    if model:
-                        break
-            if model:
-                ckpt_update = gr.update(value=model)
-            elif parsed.get("Model"):
-                gr.Warning(f"Checkpoint {parsed['Model']!r} from the image was not found among your models; "
-                           f"the current one is kept")
-            if unknown:
-                shown = ", ".join(f"{k}: {v}" for k, v in list(unknown.items())[:8])
-                gr.Info(f"Not applied (not supported here): {shown}")
-            updates = []
-            for name in names:
-                if name in values:
-                    value = values[name]
-                    if widget_kind(BY_NAME[name]) == "dropdown":
-                        updates.append(gr.update(value=value))
-                    else:
-                        updates.append(value)
-                else:
-                    updates.append(gr.update())
-            return gr.Tabs(selected=target.tab_id), ckpt_update, *updates
-
-        button.click(send, inputs=self.text, outputs=outputs, show_progress="hidden", api_visibility="private")
+    def send(self, text: str, target: PasteTarget) -> tuple:
+        """Updates for (tabs, checkpoint, *target.fields): every field the infotext names is set."""
+        if not text:
+            raise gr.Error("No generation parameters to send: drop an image that has them first")
+        values, unknown = paste_values(text, target.fields)
+        parsed = parse_infotext(text).params
+        model = None
+        for query in (parsed.get("Model hash"), parsed.get("Model")):
+            if query and not model:
+                model = self.ctx.find_checkpoint(query)
+        ckpt_update = gr.update()
+        if model:
+            ckpt_update = gr.update(value=model)
+        elif parsed.get("Model"):
+            gr.Warning(f"Checkpoint {parsed['Model']!r} from the image was not found among your models; "
+                       f"the current one is kept")
+        if unknown:
+            shown = ", ".join(f"{k}: {v}" for k, v in list(unknown.items())[:8])
+            gr.Info(f"Not applied (not supported here): {shown}")
+        updates = [gr.update(value=values[name]) if name in values else gr.update() for name in target.fields]
+        return gr.Tabs(selected=target.tab_id), ckpt_update, *updates

@@ -31,7 +31,7 @@ LAYOUT_HIRES = (("hr_upscaler", "hr_second_pass_steps", "denoising_strength"), (
 LAYOUT_SIZE = ("width", "height")
 LAYOUT_BATCH = ("n_iter", "batch_size")
 LAYOUT_VARIATION = ("subseed", "subseed_strength")
-LAYOUT_NAMED = set(LAYOUT_PROMPT + LAYOUT_SAMPLING + LAYOUT_HIRES[0] + LAYOUT_HIRES[1] + LAYOUT_SIZE + LAYOUT_BATCH
+LAYOUT_NAMED = set(("styles",) + LAYOUT_PROMPT + LAYOUT_SAMPLING + LAYOUT_HIRES[0] + LAYOUT_HIRES[1] + LAYOUT_SIZE + LAYOUT_BATCH
                    + LAYOUT_VARIATION + ("cfg_scale", "seed", "enable_hr"))
 
 
@@ -68,6 +68,8 @@ class Txt2ImgTab:
                     with gr.Row(elem_id="txt2img_interrupt_row"):
                         self.interrupt = gr.Button("Interrupt", elem_id="txt2img_interrupt", size="sm", min_width=60)
                         self.skip = gr.Button("Skip", elem_id="txt2img_skip", size="sm", min_width=60)
+                    if "styles" in BY_NAME:
+                        self._w("styles", choices=self.ctx.style_names())
             with gr.Row(equal_height=False):
                 with gr.Column(scale=1, elem_id="txt2img_settings"):
                     with gr.Row():
@@ -153,8 +155,7 @@ class Txt2ImgTab:
         outputs = [self.gallery, self.progress, self.infotext, self.result_state, self.save]
         gen = dict(fn=self.run, inputs_kwargs=inputs, outputs=outputs, show_progress="hidden",
                    concurrency_limit=64, concurrency_id="generate")
-        self.generate.click(api_name="txt2img", **gen)
-        self.fields["prompt"].submit(api_visibility="private", **gen)
+        self.generate.click(api_name="txt2img", **gen)   # Ctrl+Enter in the page clicks Generate (ui.HEAD_JS)
         self.interrupt.click(self._interrupt, queue=False, api_visibility="private")
         self.skip.click(self._skip, queue=False, api_visibility="private")
         self.gallery.select(self._select, inputs=self.result_state, outputs=[self.infotext, self.result_state, self.save],
@@ -272,7 +273,9 @@ class Txt2ImgTab:
             if isinstance(job.error, Interrupted):
                 yield {prog: progress_html("Cancelled before it started", state="done"), g: None}
                 return
-            raise user_error(job.error)
+            err = user_error(job.error)
+            yield {prog: progress_html(f"Failed: {err.message}", state="failed")}
+            raise err
         result = job.result
         images = [str(p) for p in result.paths] if len(result.paths) == len(result.images) else list(result.images)
         new_state = {"paths": [str(p) for p in result.paths], "infotexts": list(result.infotexts),

@@ -1,7 +1,8 @@
 """Gradio widgets derived from the parameter declarations (`pipelines.params.PARAMS`).
 
 `make_widget(param)` is the one place that turns a `Param` into a component: a slider for a number
-with a range and a step, a number box for one without a step (seeds), a dropdown for choices, a
+with a range and a step, a number box for one without a step (seeds), a dropdown for choices (a
+multi-select one for lists such as styles), radio buttons for values shown by name (`labels`), a
 checkbox for a bool, a textbox for a string. Tabs lay widgets out; they never restate a label, a
 range or a default.
 """
@@ -40,6 +41,17 @@ def make_widget(param: Param | str, *, elem_prefix: str = "", **overrides: Any):
     elif kind == "dropdown":
         cls = gr.Dropdown
         kw["choices"] = p.choice_list() or []
+    elif kind == "multiselect":
+        cls = gr.Dropdown
+        kw.update(choices=p.choice_list() or [], multiselect=True, value=list(p.default or ()))
+    elif kind == "radio":
+        cls = gr.Radio
+        labels = getattr(p, "labels", None)
+        # A named choice per value (A1111 radio buttons): the label shows, the declared value is sent.
+        kw["choices"] = [(label, p.type(i)) for i, label in enumerate(labels)] if labels else (p.choice_list() or [])
+    elif kind == "multiselect":  # a list of names (styles): choices come from the tab when they are dynamic
+        cls = gr.Dropdown
+        kw.update(multiselect=True, choices=p.choice_list() or [], value=list(p.default))
     elif kind == "slider":
         cls = gr.Slider
         kw.update(minimum=p.minimum, maximum=p.maximum, step=p.step)
@@ -70,4 +82,6 @@ def coerce(param: Param | str, value: Any) -> Any:
         return None
     if p.type is int and isinstance(value, float) and value.is_integer():
         return int(value)
+    if p.type is tuple and isinstance(value, list):
+        return tuple(value)
     return value

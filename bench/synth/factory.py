@@ -293,3 +293,68 @@ def full_size_sd15_pipeline_skeleton():
         vae = AutoencoderKL.from_config(cfgs["vae"])
         te = CLIPTextModel(CLIPTextConfig(**cfgs["text_encoder"]))
     return _assemble("sd1", {"scheduler": cfgs["scheduler"]}, unet, vae, te, None)
+
+
+# ------------------------------------------------------------------------------------------ ControlNet
+
+CONTROLNET_HINT_CHANNELS = [16, 32, 96, 256]   # every released ControlNet; the LDM layout depends on 4 entries
+
+
+def controlnet_config(unet_config: dict[str, Any]) -> dict[str, Any]:
+    """The ControlNet matching a UNet config: its encoder half plus the conditioning embedding."""
+    import inspect
+
+    from diffusers import ControlNetModel
+
+    accepted = set(inspect.signature(ControlNetModel.__init__).parameters) - {"self"}
+    cfg = {k: v for k, v in unet_config.items() if k in accepted and not k.startswith("_")}
+    cfg.update(in_channels=4, conditioning_channels=3, conditioning_embedding_out_channels=CONTROLNET_HINT_CHANNELS)
+    return cfg
+
+
+def tiny_controlnet(arch: str = "sd1", seed: int = 0, zero_init: bool = False):
+    """A `ControlNetModel` matching the tiny `arch` UNet ('sd1', 'sd2', 'sdxl'), random weights.
+
+    Released ControlNets start training from zero convolutions; with `zero_init=False` (default) the
+    zero convs get small random values too, so the control image visibly changes the UNet output."""
+    from diffusers import ControlNetModel
+
+    fam = family_of(arch)
+    if fam == "sdxl_refiner":
+        raise ValueError("there are no ControlNets for the SDXL refiner")
+    cfg = controlnet_config(tiny_configs(fam)["unet"])
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        cn = ControlNetModel(**cfg)
+        if not zero_init:
+            zeros = [*cn.controlnet_down_blocks, cn.controlnet_mid_block, cn.controlnet_cond_embedding.conv_out]
+            for conv in zeros:
+                conv.weight.normal_(0.0, 0.05)
+                conv.bias.normal_(0.0, 0.05)
+    return cn.eval()
+
+
+def write_controlnet(controlnet, path: str | os.PathLike, layout: str = "ldm", dtype: torch.dtype | None = None) -> Path:
+    """A ControlNet on disk: `layout` 'ldm' (one original-layout file), 'diffusers-file' (one file with
+    diffusers keys) or 'diffusers' (a folder: config.json + diffusion_pytorch_model.safetensors)."""
+    from .ldm_export import export_controlnet_file
+
+    if layout == "diffusers":
+        controlnet.save_pretrained(path, safe_serialization=True)
+        return Path(path)
+    return export_controlnet_file(controlnet, path, dtype=dtype, layout="ldm" if layout == "ldm" else "diffusers")
+
+
+def full_size_sd15_controlnet_file(path: str | os.PathLike, dtype: torch.dtype = torch.float16, seed: int = 0) -> Path:
+    """The real SD1.5 ControlNet architecture (361 M parameters) with random weights, written in the original
+    layout like `control_v11p_sd15_canny`: fp16, 0.72 GB."""
+    from diffusers import ControlNetModel
+
+    from .ldm_export import controlnet_to_ldm, save_ldm_file
+
+    cfg = controlnet_config(_sd15_configs()["unet"])
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        cn = torch.nn.Module.to(ControlNetModel.from_config(cfg), dtype)
+        sd = controlnet_to_ldm(cn.state_dict(), cn.config)
+    return save_ldm_file(sd, path, dtype=dtype)

@@ -407,3 +407,72 @@ def export_single_file(pipe, path: str | os.PathLike, arch: str, dtype: torch.dt
 def export_vae_file(vae, path: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
     """Write an `AutoencoderKL` as a standalone A1111-style VAE file (LDM keys, no prefix)."""
     return save_ldm_file(vae_to_ldm(vae.state_dict(), vae.config), path, dtype=dtype)
+
+
+# ------------------------------------------------------------------------------------------ ControlNet
+
+CONTROLNET_PREFIX = "control_model."
+
+
+def controlnet_to_ldm(state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any],
+                      prefix: str = CONTROLNET_PREFIX) -> dict[str, torch.Tensor]:
+    """`ControlNetModel` state dict + config → the original ControlNet layout (`control_model.*`, as in
+    `control_v11p_sd15_canny.pth` / `.safetensors`): the UNet encoder keys (`time_embed`, `input_blocks`,
+    `middle_block`, SDXL `label_emb`), `input_hint_block.{0,2,..,14}` (the conditioning embedding: convs at
+    even indices, SiLUs between), `zero_convs.{i}.0` and `middle_block_out.0`.
+
+    diffusers' reader (`convert_controlnet_checkpoint`) hard-codes `input_hint_block.14` as the last conv,
+    i.e. four `conditioning_embedding_out_channels` as in every released ControlNet.
+    """
+    m = _Mapper(state_dict)
+    n_levels = len(config["block_out_channels"])
+    layers = _per_block(config["layers_per_block"], n_levels)
+    n_hint = len(config["conditioning_embedding_out_channels"])
+    if n_hint != 4:
+        raise ValueError("the original ControlNet layout needs 4 conditioning_embedding_out_channels "
+                         f"(input_hint_block.14 is the last conv); got {n_hint}")
+
+    m.tree("time_embedding.linear_1", "time_embed.0")
+    m.tree("time_embedding.linear_2", "time_embed.2")
+    for emb in ("add_embedding", "class_embedding"):
+        if m.has(emb):
+            m.tree(f"{emb}.linear_1", "label_emb.0.0")
+            m.tree(f"{emb}.linear_2", "label_emb.0.2")
+    m.tree("conv_in", "input_blocks.0.0")
+    m.tree("controlnet_cond_embedding.conv_in", "input_hint_block.0")
+    for j in range(2 * (n_hint - 1)):
+        m.tree(f"controlnet_cond_embedding.blocks.{j}", f"input_hint_block.{2 * (j + 1)}")
+    m.tree("controlnet_cond_embedding.conv_out", f"input_hint_block.{2 * (2 * (n_hint - 1) + 1)}")
+
+    idx = 1
+    for level in range(n_levels):
+        for j in range(layers[level]):
+            m.tree(f"down_blocks.{level}.resnets.{j}", f"input_blocks.{idx}.0", _UNET_RESNET_RENAMES)
+            if m.has(f"down_blocks.{level}.attentions.{j}"):
+                m.tree(f"down_blocks.{level}.attentions.{j}", f"input_blocks.{idx}.1")
+            idx += 1
+        if m.has(f"down_blocks.{level}.downsamplers.0"):
+            m.tree(f"down_blocks.{level}.downsamplers.0.conv", f"input_blocks.{idx}.0.op")
+            idx += 1
+    for i in range(idx):
+        m.tree(f"controlnet_down_blocks.{i}", f"zero_convs.{i}.0")
+
+    m.tree("mid_block.resnets.0", "middle_block.0", _UNET_RESNET_RENAMES)
+    m.tree("mid_block.attentions.0", "middle_block.1")
+    m.tree("mid_block.resnets.1", "middle_block.2", _UNET_RESNET_RENAMES)
+    m.tree("controlnet_mid_block", "middle_block_out.0")
+    return _prefixed(prefix, m.check_complete("ControlNet"))
+
+
+def export_controlnet_file(controlnet, path: str | os.PathLike, dtype: torch.dtype | None = None,
+                           layout: str = "ldm") -> Path:
+    """Write a `ControlNetModel` as one `.safetensors` file: `layout="ldm"` (original `control_model.*`
+    keys, like lllyasviel's SD1.5 files) or `"diffusers"` (the model's own keys, like the single-file
+    SDXL ControlNets of `lllyasviel/sd_control_collection`)."""
+    if layout == "ldm":
+        sd = controlnet_to_ldm(controlnet.state_dict(), controlnet.config)
+    elif layout == "diffusers":
+        sd = dict(controlnet.state_dict())
+    else:
+        raise ValueError(f"layout must be 'ldm' or 'diffusers', not {layout!r}")
+    return save_ldm_file(sd, path, dtype=dtype)

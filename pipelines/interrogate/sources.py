@@ -205,14 +205,6 @@ class ModelSources:
                 names.append(sub.name)
         return names
 
-    def available_locally(self, name: str) -> bool:
-        try:
-            if name in CLIP_MODELS or name in self.clip_names():
-                return self._local_clip(name) is not None
-            return self._local_caption(name) is not None
-        except UserError:
-            return False
-
     # ------------------------------------------------------------------ CLIP
     def _local_clip(self, name: str) -> ClipSource | None:
         spec = CLIP_MODELS.get(name)
@@ -303,6 +295,9 @@ class ModelSources:
             from huggingface_hub import hf_hub_download
         except ImportError as err:  # pragma: no cover
             raise UserError(f"{what} is not on disk and huggingface_hub is not installed: {hint}") from err
+        unreachable = hub_reachable()
+        if unreachable:
+            raise UserError(f"{what} is not on disk ({searched}) and cannot be downloaded ({unreachable}): {hint}")
 
         tmp = target.parent / f".download-{target.name}"
         tmp.mkdir(parents=True, exist_ok=True)   # kept on failure: hf_hub_download resumes from it
@@ -328,6 +323,7 @@ class ModelSources:
                     if not _is_missing_file(err):
                         break
             if last_err is not None and not is_optional:
+                _remove_if_empty(tmp)
                 raise UserError(f"could not download {what} from {HF_URL}/{repo} ({_short(last_err)}): {hint}") \
                     from last_err
         shutil.rmtree(tmp / ".cache", ignore_errors=True)
@@ -341,11 +337,47 @@ class ModelSources:
         self.progress(f"downloaded {what}", 1.0)
 
 
-def _is_missing_file(err: Exception) -> bool:
-    try:
-        from huggingface_hub.errors import EntryNotFoundError, RemoteEntryNotFoundError
+def _remove_if_empty(folder: Path) -> None:
+    """Drop a download folder with no model data yet (partial downloads are kept: the next try resumes)."""
+    data = [p for p in folder.rglob("*") if p.is_file() and p.stat().st_size
+            and (".cache" not in p.relative_to(folder).parts or p.suffix == ".incomplete")]
+    if not data:
+        shutil.rmtree(folder, ignore_errors=True)
 
-        if isinstance(err, (EntryNotFoundError, RemoteEntryNotFoundError)):
+
+def hub_reachable(timeout: float = 5.0) -> str | None:
+    """None when the Hub's host accepts a connection, else why not. Skipped (None) behind a proxy.
+
+    huggingface_hub retries a dead network for ~25 s per file; this answers in at most `timeout`.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    try:
+        from huggingface_hub import constants
+
+        endpoint = constants.ENDPOINT
+    except (ImportError, AttributeError):  # pragma: no cover
+        endpoint = HF_URL
+    url = urlparse(endpoint)
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme != "http" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+        return None
+    except OSError as err:
+        return f"cannot reach {host}: {err}"
+
+
+def _is_missing_file(err: Exception) -> bool:
+    """The Hub answered that the file does not exist (not: the network failed)."""
+    try:
+        from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+        if isinstance(err, LocalEntryNotFoundError):   # "not cached and could not connect"
+            return False
+        if isinstance(err, EntryNotFoundError):        # the repo has no such file (404)
             return True
     except ImportError:  # pragma: no cover
         pass

@@ -1,0 +1,593 @@
+"""The /sdapi/v1 API end to end: a real server (uvicorn on 127.0.0.1, a free port) on tiny random models,
+driven over HTTP with `webuiapi` (the client A1111 users script with) and plain `requests`.
+
+One server for the module: two tiny SD1 checkpoints (diffusers folders), a tiny CLIP + BLIP in
+models/interrogate with short label lists, a styles.csv. Covered: txt2img / img2img with a mask /
+png-info / interrogate, validation (422 naming the field), model names never used as paths, options
+(checkpoint switch, persistence), progress with a live preview while a job runs, interrupt and skip,
+auth, body and image size limits, a schemathesis fuzz run (no 5xx) and 20 concurrent requests.
+"""
+from __future__ import annotations
+
+import base64
+import http.client
+import io
+import json
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+webuiapi = pytest.importorskip("webuiapi")
+
+from PIL import Image  # noqa: E402
+
+from pipelines.params import BY_NAME, PARAMS  # noqa: E402
+
+SIZE = {"width": 64, "height": 64}
+CLIP, CAPTION = "tiny-clip", "blip-tiny"
+STYLE = ("fox style", "a fox, orange fur", "lowres")
+
+
+@dataclass
+class Server:
+    base: str              # http://127.0.0.1:PORT
+    port: int
+    data: Path
+    services: object
+    app: object
+    interrogation: bool
+
+    @property
+    def api(self) -> str:
+        return self.base + "/sdapi/v1"
+
+    def client(self, **kw) -> "webuiapi.WebUIApi":
+        return webuiapi.WebUIApi(host="127.0.0.1", port=self.port, sampler="Euler", steps=2, **kw)
+
+    def post(self, path: str, body=None, **kw) -> requests.Response:
+        return requests.post(self.api + path, json=body, timeout=120, **kw)
+
+    def get(self, path: str, **kw) -> requests.Response:
+        return requests.get(self.api + path, timeout=60, **kw)
+
+    def saved(self) -> list[Path]:
+        return sorted(p for p in (self.data / "outputs").rglob("*") if p.is_file())
+
+
+def _write_interrogation_models(data: Path) -> bool:
+    try:
+        from bench.interrogate import write_blip, write_open_clip
+    except ImportError:
+        return False
+    root = data / "models" / "interrogate"
+    write_open_clip(root / CLIP)
+    write_blip(root / CAPTION)
+    lists = data / "interrogate"     # A1111's interrogate/ folder: short lists instead of the shipped ones
+    lists.mkdir()
+    for name, lines in {"mediums": ["a painting", "a photo", "a drawing"],
+                        "artists": ["Claude Monet", "Hokusai", "Ansel Adams"],
+                        "movements": ["impressionism", "cubism"], "trendings": ["Artstation", "pixiv"],
+                        "flavors": ["highly detailed", "sharp focus", "soft lighting", "8k", "moody", "bokeh"],
+                        "negative": ["blurry", "low quality"]}.items():
+        (lists / f"{name}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return True
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from webui.auth import access_control
+    from webui.cli import parse_args
+    from webui.server import create_app, start_server
+    from webui.services import create_services
+    from webui.testing import free_port, make_tiny_data_dir, tiny_app_args
+
+    data = make_tiny_data_dir(tmp_path_factory.mktemp("api"))
+    ckpts = data / "models" / "Stable-diffusion"
+    shutil.copytree(ckpts / "tiny-sd1", ckpts / "tiny-sd1-b")
+    (data / "styles.csv").write_text("name,prompt,negative_prompt\n" + ",".join(f'"{v}"' for v in STYLE) + "\n",
+                                     encoding="utf-8-sig")
+    interrogation = _write_interrogation_models(data)
+    args = parse_args(tiny_app_args(data, "--api", "--nowebui"))
+    services = create_services(args)
+    services.submit(lambda: services.manager.load("tiny-sd1")).wait(120)
+    app = create_app(services, access_control(args), None, api=True)
+    port = free_port()
+    running = start_server(app, "127.0.0.1", port)
+    try:
+        yield Server(f"http://127.0.0.1:{port}", port, data, services, app, interrogation)
+    finally:
+        running.stop()
+        services.close()
+
+
+def b64_png(image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def detail_fields(response: requests.Response) -> list[str]:
+    detail = response.json()["detail"]
+    return [".".join(str(x) for x in d["loc"][1:]) for d in detail] if isinstance(detail, list) else []
+
+
+# ------------------------------------------------------------------------------------------ schema
+
+def test_schema_is_generated_from_the_parameter_declarations(server):
+    spec = requests.get(server.base + "/openapi.json", timeout=30).json()
+    assert requests.get(server.base + "/docs", timeout=30).status_code == 200
+    schemas = spec["components"]["schemas"]
+    for model, mode in (("StableDiffusionProcessingTxt2Img", "txt2img"), ("StableDiffusionProcessingImg2Img", "img2img")):
+        props = schemas[model]["properties"]
+        for p in PARAMS:
+            if mode not in p.modes:
+                assert p.name not in props, (model, p.name)
+                continue
+            prop = props[p.name]
+            assert prop["default"] == (list(p.default) if p.type is tuple else p.default), (model, p.name)
+            typed = next(t for t in prop["anyOf"] if t.get("type") != "null")
+            if p.minimum is not None:
+                assert typed["minimum"] == p.minimum, p.name
+            if p.maximum is not None:
+                assert typed["maximum"] == p.maximum, p.name
+            for alias in p.aliases:
+                assert alias in props
+    assert "sampler_index" in schemas["StableDiffusionProcessingTxt2Img"]["properties"]
+    assert {"init_images", "mask"} <= set(schemas["StableDiffusionProcessingImg2Img"]["properties"])
+
+
+# ------------------------------------------------------------------------------------------ txt2img
+
+def test_txt2img_with_the_webuiapi_client(server):
+    before = server.saved()
+    api = server.client()
+    r = api.txt2img(prompt="a red fox", negative_prompt="blurry", seed=123, batch_size=2, cfg_scale=5, **SIZE)
+    assert len(r.images) == 2 and r.images[0].size == (64, 64)
+    assert r.info["all_seeds"] == [123, 124] and r.info["seed"] == 123
+    text = r.images[0].info["parameters"]              # infotext embedded in the PNG
+    assert text == r.info["infotexts"][0]
+    assert text.startswith("a red fox\nNegative prompt: blurry\n")
+    for part in ("Steps: 2", "Sampler: Euler", "CFG scale: 5", "Seed: 123", "Size: 64x64", "Model: tiny-sd1"):
+        assert part in text
+    assert "Seed: 124" in r.images[1].info["parameters"]
+    assert r.parameters["prompt"] == "a red fox" and r.parameters["batch_size"] == 2
+    assert r.info["sd_model_name"] == "tiny-sd1" and r.info["interrupted"] is False
+    assert server.saved() == before                    # A1111 API: nothing saved unless save_images
+
+
+def test_txt2img_maps_a1111_names_and_ignores_unknown_fields(server):
+    r = server.post("/txt2img", {
+        "prompt": "a cat", "steps": 1, "width": 100, "height": 64, "seed": 9,
+        "sampler_index": "DPM++ 2M", "scheduler": "karras",         # legacy name, A1111 lower-case scheduler
+        "override_settings": {"CLIP_stop_at_last_layers": 2, "eta_noise_seed_delta": 31337},
+        "alwayson_scripts": {"controlnet": {"args": [{"enabled": True, "module": "canny"}]}},
+        "styles": ["fox style", "no such style"],
+        "restore_faces": False, "s_churn": 0, "firstphase_width": 0, "send_images": True})   # unknown: ignored
+    assert r.status_code == 200, r.text
+    info = json.loads(r.json()["info"])
+    text = info["infotexts"][0]
+    assert "Sampler: DPM++ 2M, Schedule type: Karras" in text and "Clip skip: 2" in text
+    assert "Size: 96x64" in text                                     # rounded down like A1111's latents
+    assert text.startswith("a cat, a fox, orange fur\nNegative prompt: lowres\n")   # styles.csv applied
+    warnings = "\n".join(info["warnings"])
+    assert "controlnet" in warnings.lower() and "eta_noise_seed_delta" in warnings and "no such style" in warnings
+    assert server.post("/txt2img", {"steps": 1, "send_images": False, **SIZE}).json()["images"] == []
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"steps": "many"}, "steps"),
+    ({"steps": 1000}, "steps"),
+    ({"cfg_scale": 99}, "cfg_scale"),
+    ({"width": 4096}, "width"),
+    ({"prompt": 5}, "prompt"),
+    ({"sampler_name": "Nope"}, "sampler_name"),
+    ({"seed": 1.5}, "seed"),
+    ({"enable_hr": "perhaps"}, "enable_hr"),
+    ({"override_settings": {"CLIP_stop_at_last_layers": 40}}, "override_settings.CLIP_stop_at_last_layers"),
+    ({"script_name": "x/y/z plot"}, "script_name"),
+])
+def test_txt2img_wrong_values_give_422_naming_the_field(server, body, field):
+    r = server.post("/txt2img", {"steps": 1, **SIZE, **body} if "steps" not in body else {**SIZE, **body})
+    assert r.status_code == 422, r.text
+    assert field in detail_fields(r), r.text
+
+
+@pytest.mark.parametrize("name", ["../../etc/passwd", "/etc/passwd", "..\\..\\windows\\win.ini",
+                                  "tiny-sd1/../../../etc/passwd", "C:/Windows/system.ini"])
+def test_model_names_are_looked_up_never_opened(server, name):
+    absolute = str(server.data / "models" / "Stable-diffusion" / "tiny-sd1")   # even a real model's path
+    for value in (name, absolute):
+        for body in ({"override_settings": {"sd_model_checkpoint": value}}, {"sd_model_checkpoint": value},
+                     {"override_settings": {"sd_vae": value}}, {"sd_vae": value}):
+            r = server.post("/txt2img", {"steps": 1, **SIZE, **body})
+            assert r.status_code == 404, (body, r.text)
+        assert server.post("/options", {"sd_model_checkpoint": value}).status_code == 404
+        assert server.post("/options", {"sd_vae": value}).status_code == 404
+    r = server.post("/options", {"outdir_txt2img_samples": name})
+    assert r.status_code == 422 and "outdir_txt2img_samples" in detail_fields(r)
+    assert server.get("/options").json()["sd_model_checkpoint"] == "tiny-sd1"
+
+
+# ------------------------------------------------------------------------------------------ png-info
+
+def test_png_info_reads_what_txt2img_wrote(server):
+    api = server.client()
+    image = api.txt2img(prompt="a lighthouse", negative_prompt="fog", seed=77, steps=1, **SIZE).image
+    r = api.png_info(image)
+    assert r.info == image.info["parameters"]
+    params = r.json["parameters"]
+    assert params["Prompt"] == "a lighthouse" and params["Negative prompt"] == "fog"
+    assert params["Seed"] == "77" and params["Size-1"] == "64" and "parameters" not in r.json["items"]
+    # JPEG with the infotext in EXIF, and a data: URL
+    from pipelines.image_metadata import write_image
+
+    buf = io.BytesIO()
+    write_image(image, buf, image.info["parameters"], "jpg")
+    data_url = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+    assert server.post("/png-info", {"image": data_url}).json()["info"] == image.info["parameters"]
+    # no metadata: empty, not an error
+    assert server.post("/png-info", {"image": b64_png(Image.new("RGB", (8, 8)))}).json()["info"] == ""
+
+
+@pytest.mark.parametrize("image, status", [
+    ("not base64 at all!", 422),
+    (base64.b64encode(b"hello, not an image").decode(), 422),
+    ("http://169.254.169.254/latest/meta-data", 422),        # never fetched
+    ("", 422),
+    (None, 413),                                              # 5000 x 5000: refused before decoding
+])
+def test_png_info_bad_images_are_4xx(server, image, status):
+    if image is None:
+        image = b64_png(Image.new("1", (5000, 5000)))
+    r = server.post("/png-info", {"image": image})
+    assert r.status_code == status, r.text
+
+
+# ------------------------------------------------------------------------------------------ img2img
+
+def test_img2img_with_a_mask(server):
+    if not hasattr(server.services.engine, "img2img"):
+        assert server.post("/img2img", {"init_images": [b64_png(Image.new("RGB", (64, 64)))]}).status_code == 501
+        pytest.skip("no img2img engine in this build: the API answers 501")
+    init = Image.linear_gradient("L").resize((64, 64)).convert("RGB")
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 64))                        # repaint the left half
+    api = server.client()
+    r = api.img2img(images=[init], mask_image=mask, prompt="a stone wall", seed=5, steps=2, denoising_strength=0.5,
+                    mask_blur=0, inpainting_fill=1, inpaint_full_res=False, **SIZE)
+    assert len(r.images) == 1 and r.images[0].size == (64, 64)
+    out = r.images[0].convert("RGB")
+    assert out.crop((32, 0, 64, 64)).tobytes() == init.crop((32, 0, 64, 64)).tobytes()   # kept area untouched
+    text = r.info["infotexts"][0]
+    assert "Denoising strength: 0.5" in text and "Seed: 5" in text and r.parameters["init_images"] is None
+    # a broken mask or no init image: 4xx naming the field
+    bad = server.post("/img2img", {"init_images": [b64_png(init)], "mask": "%%%", "steps": 1, **SIZE})
+    assert bad.status_code == 422 and "mask" in detail_fields(bad)
+    assert server.post("/img2img", {"steps": 1, **SIZE}).status_code == 422
+
+
+# ------------------------------------------------------------------------------------------ interrogate
+
+def test_interrogate(server):
+    image = Image.effect_noise((64, 64), 40).convert("RGB")
+    if not server.interrogation:
+        r = server.post("/interrogate", {"image": b64_png(image)})
+        assert r.status_code in (200, 501)
+        pytest.skip("no tiny interrogation model builders in this build")
+    r = server.client().interrogate(image)           # model="clip": caption + CLIP-ranked phrases
+    assert isinstance(r.info, str) and r.info.strip()
+    assert any(w in r.info for w in ("Monet", "Hokusai", "Adams"))   # from the data dir's interrogate/ lists
+    caption = server.post("/interrogate", {"image": b64_png(image), "model": "caption"}).json()["caption"]
+    assert caption and r.info.startswith(caption)
+    assert server.post("/interrogate", {"image": b64_png(image), "model": "deepdanbooru"}).status_code == 501
+    assert server.post("/interrogate", {"image": b64_png(image), "model": "nope"}).status_code == 404
+    r = server.post("/interrogate", {"image": b64_png(image), "clip_model": "../../../etc/passwd"})
+    assert 400 <= r.status_code < 500
+
+
+# ------------------------------------------------------------------------------------------ options
+
+def test_options_round_trip_switches_the_checkpoint(server):
+    api = server.client()
+    assert api.get_options()["sd_model_checkpoint"] == "tiny-sd1"
+    api.set_options({"sd_model_checkpoint": "tiny-sd1-b", "CLIP_stop_at_last_layers": 2, "unknown_option": 1})
+    opts = api.get_options()
+    assert opts["sd_model_checkpoint"] == "tiny-sd1-b" and api.util_get_current_model() == "tiny-sd1-b"
+    text = api.txt2img(prompt="x", steps=1, seed=3, **SIZE).info["infotexts"][0]
+    assert "Model: tiny-sd1-b" in text and "Clip skip: 2" in text
+    saved = json.loads((server.data / "config" / "options.json").read_text())
+    assert saved["sd_model_checkpoint"] == "tiny-sd1-b" and saved["CLIP_stop_at_last_layers"] == 2
+    # a per-request override is undone afterwards unless asked to keep it
+    r = api.txt2img(prompt="x", steps=1, override_settings={"sd_model_checkpoint": "tiny-sd1"}, **SIZE)
+    assert "Model: tiny-sd1," in r.info["infotexts"][0] and api.util_get_current_model() == "tiny-sd1-b"
+    api.txt2img(prompt="x", steps=1, override_settings={"sd_model_checkpoint": "tiny-sd1"},
+                override_settings_restore_afterwards=False, **SIZE)
+    assert api.util_get_current_model() == "tiny-sd1"
+    api.util_set_model("tiny-sd1-b")
+    assert api.get_options()["sd_model_checkpoint"] == "tiny-sd1-b"
+    api.set_options({"sd_model_checkpoint": "tiny-sd1", "CLIP_stop_at_last_layers": 1})
+    assert api.get_options()["sd_model_checkpoint"] == "tiny-sd1"
+
+
+def test_options_validation_and_persistence(server):
+    for body, field in (({"samples_format": "bmp"}, "samples_format"), ({"CLIP_stop_at_last_layers": "two"},
+                        "CLIP_stop_at_last_layers"), ({"outdir_txt2img_samples": "/etc"}, "outdir_txt2img_samples"),
+                        ({"jpeg_quality": 500}, "jpeg_quality")):
+        r = server.post("/options", body)
+        assert r.status_code == 422 and field in detail_fields(r), r.text
+    out = server.data / "outputs"
+    assert server.post("/options", {"samples_format": "webp", "outdir_txt2img_samples": str(out / "mine")}).ok
+    r = server.post("/txt2img", {"prompt": "saved", "steps": 1, "seed": 11, "save_images": True, **SIZE}).json()
+    files = list((out / "mine").rglob("*.webp"))
+    assert len(files) == 1 and base64.b64decode(r["images"][0])[8:12] == b"WEBP"
+    from pipelines.image_metadata import read_infotext
+
+    assert read_infotext(files[0])[0] == json.loads(r["info"])["infotexts"][0]
+    opts = server.get("/options").json()
+    assert opts["outdir_txt2img_samples"] == str(out / "mine") and opts["samples_format"] == "webp"
+    from webui.api_options import OptionsStore
+
+    again = OptionsStore(server.data / "config" / "options.json", out)          # what a restart reads
+    assert again.get("samples_format") == "webp" and again.get("outdir_txt2img_samples") == "mine"
+    assert server.post("/options", {"samples_format": "png", "outdir_txt2img_samples": ""}).ok
+    assert server.get("/options").json()["outdir_txt2img_samples"] == str(out / "txt2img-images")
+
+
+# ------------------------------------------------------------------------------------------ progress
+
+def _start(fn) -> tuple[threading.Thread, dict]:
+    box: dict = {}
+
+    def run():
+        try:
+            box["result"] = fn()
+        except BaseException as err:  # noqa: BLE001 - reported by the test
+            box["error"] = err
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, box
+
+
+def test_progress_with_live_preview_then_interrupt(server):
+    api = server.client()
+    api.set_options({"show_progress_every_n_steps": 1})
+    idle = api.get_progress()
+    assert idle["progress"] == 0 and idle["state"]["job_count"] == 0 and idle["current_image"] is None
+    t, box = _start(lambda: api.txt2img(prompt="slow", steps=150, seed=1, **SIZE))
+    seen_progress = seen_image = None
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and not (seen_progress and seen_image):
+        p = api.get_progress()
+        if p["state"]["sampling_step"] >= 1 and p["progress"] > 0.01:
+            seen_progress = p
+        if p["current_image"]:
+            seen_image = Image.open(io.BytesIO(base64.b64decode(p["current_image"])))
+        time.sleep(0.05)
+    api.interrupt()
+    t.join(60)
+    assert not t.is_alive() and "error" not in box, box.get("error")
+    assert seen_progress, "progress never moved while a 150-step job ran"
+    assert seen_progress["state"]["sampling_steps"] == 150 and seen_progress["state"]["job_count"] == 1
+    assert seen_progress["eta_relative"] > 0 and "step" in seen_progress["textinfo"]
+    assert seen_image is not None and seen_image.size[0] > 0
+    r = box["result"]
+    assert r.info["interrupted"] is True and len(r.images) == 0
+    after = api.get_progress()
+    assert after["progress"] == 0 and after["state"]["job_count"] == 0
+    api.set_options({"show_progress_every_n_steps": 5})
+
+
+def test_skip_moves_on_to_the_next_image(server):
+    api = server.client()
+    t, box = _start(lambda: api.txt2img(prompt="skip me", steps=30, n_iter=2, seed=50, **SIZE))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        p = api.get_progress()["state"]
+        if p["sampling_step"] >= 1 and p["job_no"] == 0 and p["sampling_steps"] == 30:
+            break
+        time.sleep(0.02)
+    api.skip()
+    t.join(90)
+    r = box["result"]
+    assert r.info.get("skipped") == 1 and len(r.images) == 1
+
+
+# ------------------------------------------------------------------------------------------ lists, models
+
+def test_lists_and_model_management(server):
+    api = server.client()
+    assert {"Euler a", "Euler", "DPM++ 2M"} <= set(api.util_get_sampler_names())
+    assert {"automatic", "karras"} <= set(api.util_get_scheduler_names())
+    assert api.util_get_model_names() == ["tiny-sd1", "tiny-sd1-b"]
+    assert api.get_sd_vae() == [] and api.get_hypernetworks() == [] and api.get_face_restorers() == []
+    assert api.get_realesrgan_models() == [] and api.get_loras() == []
+    assert api.get_prompt_styles() == [dict(zip(("name", "prompt", "negative_prompt"), STYLE))]
+    assert api.get_embeddings() == {"loaded": {}, "skipped": {}}
+    assert api.get_scripts() == {"txt2img": [], "img2img": []}
+    assert "Lanczos" in [u["name"] for u in api.get_upscalers()]
+    assert "Latent" in [m["name"] for m in api.get_latent_upscale_modes()]
+    assert api.get_memory()["ram"]["total"] > 0
+    flags = api.get_cmd_flags()
+    assert flags["api"] is True and flags["api_auth"] is None and flags["data_dir"] == str(server.data)
+    assert api.controlnet_model_list() == [] and api.controlnet_module_list() == []
+    # refresh finds a new checkpoint; unload / reload
+    ckpts = server.data / "models" / "Stable-diffusion"
+    shutil.copytree(ckpts / "tiny-sd1", ckpts / "tiny-sd1-c")
+    try:
+        api.refresh_checkpoints()
+        assert "tiny-sd1-c" in api.util_get_model_names()
+    finally:
+        shutil.rmtree(ckpts / "tiny-sd1-c")
+        assert server.post("/refresh-vae").ok
+        api.refresh_checkpoints()
+    assert server.post("/unload-checkpoint").json() == {}
+    assert server.services.manager.active is None
+    assert api.get_options()["sd_model_checkpoint"] == "tiny-sd1"       # the setting stays, as in A1111
+    assert server.post("/txt2img", {"steps": 1, **SIZE}).status_code == 400      # no model: says which to load
+    assert server.post("/reload-checkpoint").json() == {}
+    assert api.get_options()["sd_model_checkpoint"] == "tiny-sd1"
+
+
+# ------------------------------------------------------------------------------------------ security
+
+def test_auth_applies_to_the_api(server):
+    from fastapi.testclient import TestClient
+
+    from webui.auth import AccessControl, access_control
+    from webui.cli import parse_args
+    from webui.server import create_app
+
+    locked = TestClient(create_app(server.services, AccessControl(api_users={"bot": "s3cret"}), None, api=True))
+    assert locked.get("/sdapi/v1/sd-models").status_code == 401
+    assert locked.get("/sdapi/v1/sd-models", auth=("bot", "wrong")).status_code == 401
+    assert locked.post("/sdapi/v1/txt2img", json={"steps": 1}).status_code == 401
+    assert locked.get("/sdapi/v1/sd-models", auth=("bot", "s3cret")).status_code == 200
+    # exposed (--listen) with no credentials: never open; the generated password works
+    args = parse_args(["--listen", "--nowebui", "--data-dir", str(server.data)])
+    access = access_control(args)
+    exposed = TestClient(create_app(server.services, access, None, api=True))
+    assert exposed.get("/sdapi/v1/options").status_code == 401
+    assert exposed.get("/sdapi/v1/options", auth=("admin", access.generated_password)).status_code == 200
+    # the real client with --api-auth; cmd-flags never shows the passwords
+    import dataclasses
+
+    args = parse_args(["--api-auth", "bot:s3cret", "--auth", "u:p", "--nowebui", "--data-dir", str(server.data)])
+    services = dataclasses.replace(server.services, args=args)
+    client = TestClient(create_app(services, access_control(args), None, api=True))
+    assert client.get("/sdapi/v1/cmd-flags", auth=("u", "p")).status_code == 401      # --api-auth wins for the API
+    flags = client.get("/sdapi/v1/cmd-flags", auth=("bot", "s3cret")).json()
+    assert flags["api_auth"] == "<hidden>" and flags["auth"] == "<hidden>" and "s3cret" not in json.dumps(flags)
+
+
+def test_request_body_is_bounded(server, monkeypatch):
+    import webui.api as api_module
+
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    conn.putrequest("POST", "/sdapi/v1/txt2img")                 # a declared 60 MB body: refused unread
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Content-Length", str(60 * 1024 * 1024))
+    conn.endheaders()
+    conn.send(b'{"prompt": "')
+    assert conn.getresponse().status == 413
+    conn.close()
+    monkeypatch.setattr(api_module, "MAX_BODY_BYTES", 1024 * 1024)  # chunked (no length): counted as it arrives
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    chunks = (b'{"image": "' + b"A" * (256 * 1024 - 11) if i == 0 else b"A" * (256 * 1024) for i in range(6))
+    conn.request("POST", "/sdapi/v1/png-info", body=chunks, headers={"Content-Type": "application/json"},
+                 encode_chunked=True)
+    assert conn.getresponse().status == 413
+    conn.close()
+    small = server.post("/png-info", {"image": "A" * 1000})         # under the limit: parsed, then a 422
+    assert small.status_code == 422
+
+
+# ------------------------------------------------------------------------------------------ fuzz
+
+def test_schemathesis_fuzz_finds_no_server_errors(server):
+    schemathesis = pytest.importorskip("schemathesis")
+    from hypothesis import HealthCheck, Phase, given, settings
+
+    mode_positive = schemathesis.GenerationMode.POSITIVE
+    schema = schemathesis.openapi.from_url(server.base + "/openapi.json")
+    before = server.get("/options").json()
+    init = b64_png(Image.new("RGB", (64, 64), (90, 120, 200)))
+    mask = b64_png(Image.new("L", (64, 64), 255))
+    skip = {"/sdapi/v1/unload-checkpoint", "/sdapi/v1/reload-checkpoint"}   # tested above; would unload the model
+    generation = {"/sdapi/v1/txt2img", "/sdapi/v1/img2img", "/sdapi/v1/interrogate"}
+    failures: list[str] = []
+    count = 0
+
+    def tame(case, positive: bool) -> None:
+        """Keep generation cheap: tiny sizes and step counts (everything else stays fuzzed)."""
+        if case.path not in generation or not positive or not isinstance(case.body, dict):
+            return
+        body = case.body
+        if case.path == "/sdapi/v1/interrogate":
+            body["image"] = init
+            body["model"] = "caption"
+            return
+        body.update(width=64, height=64, steps=min(int(body.get("steps") or 1), 2), n_iter=1, batch_size=1,
+                    enable_hr=False)
+        body.pop("sd_model_checkpoint", None)
+        if case.path == "/sdapi/v1/img2img":
+            body["init_images"] = [init]
+            body["mask"] = mask if body.get("mask") else None
+
+    ops = [r.ok() for r in schema.get_all_operations()]
+    for op in ops:
+        if op.path in skip:
+            continue
+        for mode in schemathesis.GenerationMode:
+            positive = mode == mode_positive
+            has_input = bool(op.body) or bool(op.query)
+            if not positive and not has_input:
+                continue
+            n = (6 if op.path in generation else 12) if positive else 8
+
+            @settings(max_examples=n, deadline=None, database=None, derandomize=True, phases=[Phase.generate],
+                      suppress_health_check=list(HealthCheck))
+            @given(case=op.as_strategy(generation_mode=mode))
+            def check(case):
+                nonlocal count
+                tame(case, positive)
+                count += 1
+                response = case.call(timeout=120)
+                if response.status_code >= 500:
+                    failures.append(f"{case.method} {case.path} {mode.value} → {response.status_code} "
+                                    f"{response.text[:300]} body={str(case.body)[:300]}")
+
+            check()
+    restore = {k: v for k, v in before.items() if k in ("samples_format", "show_progress_every_n_steps", "sd_vae",
+                                                        "CLIP_stop_at_last_layers", "outdir_txt2img_samples",
+                                                        "live_previews_enable", "jpeg_quality", "save_txt",
+                                                        "samples_filename_pattern", "grid_save", "outdir_samples")}
+    restore["sd_model_checkpoint"] = "tiny-sd1"
+    assert server.post("/options", restore).ok
+    assert not failures, "\n".join(failures[:10])
+    assert count > 100
+
+
+# ------------------------------------------------------------------------------------------ load
+
+def test_twenty_concurrent_requests_all_complete_and_are_saved_once(server):
+    api = server.client()
+    assert api.set_options({"outdir_txt2img_samples": "load-test"}) is None
+    n = 20
+    start = threading.Barrier(n + 1)
+
+    def one(i):
+        client = server.client()
+        start.wait()
+        return client.txt2img(prompt=f"load {i}", seed=1000 + i, steps=1, save_images=True, **SIZE)
+
+    latencies, pending_seen = [], 0
+    with ThreadPoolExecutor(n) as pool:
+        futures = [pool.submit(one, i) for i in range(n)]
+        start.wait()
+        while not all(f.done() for f in futures):          # the server keeps answering while busy
+            t0 = time.monotonic()
+            p = requests.get(server.api + "/progress?skip_current_image=true", timeout=30)
+            latencies.append(time.monotonic() - t0)
+            assert p.status_code == 200
+            pending_seen = max(pending_seen, p.json()["state"]["queue_pending"])
+            time.sleep(0.05)
+        results = [f.result() for f in futures]
+    for i, r in enumerate(results):
+        assert len(r.images) == 1 and r.info["all_seeds"] == [1000 + i]
+    files = sorted((server.data / "outputs" / "load-test").rglob("*"))
+    files = [f for f in files if f.is_file()]
+    assert len(files) == n and not [f for f in files if f.name.startswith(".")]
+    from pipelines.image_metadata import read_infotext
+
+    seeds = sorted(int(read_infotext(f)[0].split("Seed: ")[1].split(",")[0]) for f in files)
+    assert seeds == list(range(1000, 1000 + n))                      # each image saved once, none lost
+    assert pending_seen > 0 and max(latencies) < 5.0
+    assert server.get("/progress").json()["state"]["job_count"] == 0
+    assert api.set_options({"outdir_txt2img_samples": ""}) is None

@@ -1,0 +1,80 @@
+"""Launch behaviour with the real process: no model → starts and says where to put one; a taken port →
+the next free one; --share offline → keeps serving locally and says why; --help documents every flag."""
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+
+import pytest
+import requests
+
+from webui.testing import ROOT, AppProcess
+
+
+@pytest.fixture(scope="module")
+def bare_app(tmp_path_factory):
+    """No checkpoint anywhere, the wanted port taken, --share with no internet (or a share server refusing)."""
+    tmp = tmp_path_factory.mktemp("bare")
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen(1)
+    taken = blocker.getsockname()[1]
+    app = AppProcess(["--data-dir", str(tmp), "--outdir", str(tmp / "out"), "--share", "--auth", "u:p"],
+                     port=taken)
+    with app:
+        app.taken_port = taken
+        app.data = tmp
+        yield app
+    blocker.close()
+
+
+def config(app) -> dict:
+    s = requests.Session()
+    s.post(app.url + "login", data={"username": "u", "password": "p"}, timeout=10).raise_for_status()
+    return s.get(app.url + "config", timeout=10).json()
+
+
+def test_starts_without_a_model_and_says_where_to_put_one(bare_app):
+    assert "no checkpoint found" in bare_app.output
+    cfg = config(bare_app)
+    texts = json.dumps(cfg)
+    folder = str(bare_app.data / "models" / "Stable-diffusion")
+    assert folder in texts                    # where to put models
+    assert "--models-dir" in texts            # which flag points at an existing A1111 folder
+    assert "Download default model" in texts  # the download offer
+    comps = {c["props"].get("elem_id"): c for c in cfg["components"]}
+    assert comps["no_model_box"]["props"]["visible"] is True
+
+
+def test_taken_port_moves_to_the_next_free_one(bare_app):
+    assert str(bare_app.taken_port) not in bare_app.url
+    port = int(bare_app.url.rstrip("/").rsplit(":", 1)[1])
+    assert port > bare_app.taken_port
+    assert requests.get(bare_app.url, timeout=10).status_code == 200
+
+
+def test_share_failure_keeps_serving_locally(bare_app):
+    m = bare_app.wait_for(r"(Could not create a share link.*|The share link is not ready.*|Public share link.*)",
+                          timeout=40)
+    if m.group(0).startswith("Public share link"):
+        pytest.skip("this machine has internet: a real share link was created")
+    assert "keeps serving locally" in m.group(0)
+    assert requests.get(bare_app.url, timeout=10).status_code == 200
+
+
+def test_help_documents_the_flags():
+    r = subprocess.run([sys.executable, "-m", "webui", "--help"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0
+    for flag in ("--listen", "--port", "--share", "--auth", "--auth-file", "--api", "--ckpt", "--ckpt-dir",
+                 "--models-dir", "--outdir", "--device", "--precision", "--lowvram", "--xformers",
+                 "--ui-debug-mode", "--autolaunch", "--insecure-no-auth"):
+        assert flag in r.stdout, flag
+
+
+def test_missing_ckpt_flag_does_not_crash(tmp_path):
+    with AppProcess(["--data-dir", str(tmp_path), "--outdir", str(tmp_path / "o"), "--ckpt", "nope.safetensors"]) as app:
+        assert "--ckpt 'nope.safetensors'" in app.output
+        assert requests.get(app.url, timeout=10).status_code == 200
