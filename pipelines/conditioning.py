@@ -105,7 +105,8 @@ class PromptEncoder:
         weights = torch.tensor([f[1] for f in framed], device=device, dtype=torch.float32)
         out = enc.model(ids, output_hidden_states=True)
         if enc.sdxl:
-            hidden = out.hidden_states[-(self.clip_skip + 1)]
+            # SDXL was trained on the penultimate layer; A1111 ignores clip skip there by default.
+            hidden = out.hidden_states[-2]
         elif self.clip_skip > 1:
             # transformers 5 flattened CLIPTextModel (no `.text_model`); older versions nest it.
             text_model = getattr(enc.model, "text_model", enc.model)

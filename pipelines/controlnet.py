@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from . import detect
 from .errors import ModelLoadError, ParameterError, UserError
 from .hashing import legacy_hash
+from .loading import from_pipe
 from .preprocessors import (CROP_AND_RESIZE, RESIZE_MODES, Annotators, Detected, fit_to_size, get_preprocessor,
                             run_preprocessor)
 
@@ -588,7 +589,7 @@ def incompatibility(arch: ControlNetArch, cf: ControlNetFile, loaded) -> str | N
     if arch.sdxl != ck_sdxl or arch.context_dim != int(unet.get("cross_attention_dim") or 0):
         return (f"ControlNet {cf.model_name} is for {arch.label} (cross-attention {arch.context_dim}) but the active "
                 f"checkpoint {loaded.info.name} is {loaded.arch.label} (cross-attention "
-                f"{unet.get('cross_attention_dim')}); choose a {loaded.arch.label} ControlNet or another checkpoint")
+                f"{unet.get('cross_attention_dim')}); choose a ControlNet for {loaded.arch.label} or another checkpoint")
     return None
 
 
@@ -705,8 +706,11 @@ def load_controlnet(cf: ControlNetFile, arch: ControlNetArch, *, config_root: Pa
             overrides = config_overrides({k: tuple(v.shape) for k, v in state.items()}, base, cf.name)
             if overrides:
                 log.info("%s: config adjusted from its weights: %s", cf.name, overrides)
-            model = ControlNetModel.from_single_file(state, config=str(cfg_dir), local_files_only=True,
-                                                     torch_dtype=dtype, **overrides)
+            model = ControlNetModel.from_single_file(state, config=str(cfg_dir), local_files_only=True, **overrides)
+            if dtype is not None:
+                import torch
+
+                torch.nn.Module.to(model, dtype)  # ModelMixin.to would only add a warning
             unexpected = sorted(set(state) - set(model.state_dict()))
             if unexpected:
                 raise ModelLoadError(f"{cf.name}: {len(unexpected)} weights do not fit a {arch.label} ControlNet "
@@ -847,7 +851,7 @@ def controlnet_pipeline(manager: PipelineManager, mode: str, nets):
         cls_name = _CONTROLNET_PIPELINES.get(type(base).__name__)
         if cls_name is None:
             raise UserError(f"ControlNet is not available for {loaded.arch.label} checkpoints in {mode}")
-        pipe = getattr(diffusers, cls_name).from_pipe(base, controlnet=nets)
+        pipe = from_pipe(getattr(diffusers, cls_name), base, controlnet=nets)
         pipe.set_progress_bar_config(disable=True)
         loaded.modes[key] = pipe
     else:

@@ -133,11 +133,12 @@ class Engine:
         return result
 
     def img2img(self, req: GenerationRequest, images, mask=None, control: JobControl | None = None, *,
-                save: bool = True) -> GenerationResult:
-        """img2img / inpainting from init image(s) and an optional mask; see `pipelines.img2img`."""
+                save: bool = True, controlnet: list | None = None) -> GenerationResult:
+        """img2img / inpainting from init image(s) and an optional mask; see `pipelines.img2img`.
+        `controlnet`: ControlNetUnits; a unit without an image uses the init image."""
         from .img2img import img2img
 
-        return img2img(self, req, images, mask, control, save=save)
+        return img2img(self, req, images, mask, control, save=save, controlnet=controlnet)
 
     def img2img_batch(self, req: GenerationRequest, input_dir, output_dir=None, mask_dir=None,
                       control: JobControl | None = None):

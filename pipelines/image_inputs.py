@@ -354,6 +354,12 @@ class PreparedImage:
     overlay: Image.Image | None       # "L", original's size: 255 = generated pixel, 0 = original pixel kept
     paste_to: tuple[int, int, int, int] | None = None   # "only masked": x, y, w, h of the crop in `original`
     latent_upscale: bool = False      # resize mode 3: the engine scales the latents to width x height
+    control: Image.Image | None = None  # RGB width x height: what is worked on, before masked-content fill
+                                        # (the image a ControlNet unit without its own image sees)
+
+    def __post_init__(self):
+        if self.control is None:
+            self.control = self.init if self.paste_to is not None or self.mask is None else self.original
 
 
 def prepare(image: Image.Image, mask: Image.Image | None, *, width: int, height: int, resize_mode: int = 0,
@@ -380,10 +386,9 @@ def prepare(image: Image.Image, mask: Image.Image | None, *, width: int, height:
             else:
                 x1, y1, x2, y2 = expand_crop_region(region, width, height, image.width, image.height)
                 work_mask = resize_image(2, mask.crop((x1, y1, x2, y2)), width, height)
-                init = resize_image(2, image.crop((x1, y1, x2, y2)), width, height)
-                if inpainting_fill == 0:
-                    init = fill_masked(init, work_mask)
-                return PreparedImage(init, work_mask, image, mask, (x1, y1, x2 - x1, y2 - y1))
+                crop = resize_image(2, image.crop((x1, y1, x2, y2)), width, height)
+                init = fill_masked(crop, work_mask) if inpainting_fill == 0 else crop
+                return PreparedImage(init, work_mask, image, mask, (x1, y1, x2 - x1, y2 - y1), control=crop)
         elif mask.getbbox() is None:
             notices.append("the mask is empty (all black): nothing is repainted")
 
@@ -394,13 +399,13 @@ def prepare(image: Image.Image, mask: Image.Image | None, *, width: int, height:
     else:
         init = original
     if mask is None:
-        return PreparedImage(init, None, original, None, None, resize_mode == 3)
+        return PreparedImage(init, None, original, None, None, resize_mode == 3, control=original)
     work_mask = resize_image(pixel_mode, mask, width, height)
     overlay = Image.fromarray(np.clip(np.asarray(work_mask, dtype=np.uint16) * 2, 0, 255).astype(np.uint8), "L")
     if inpainting_fill == 0:
         fill_mask = work_mask if init.size == work_mask.size else work_mask.resize(init.size, Image.LANCZOS)
         init = fill_masked(init, fill_mask)
-    return PreparedImage(init, work_mask, original, overlay, None, resize_mode == 3)
+    return PreparedImage(init, work_mask, original, overlay, None, resize_mode == 3, control=original)
 
 
 def _latent_upscale_source(image: Image.Image, notices: list[str]) -> Image.Image:

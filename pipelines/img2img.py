@@ -32,7 +32,7 @@ import torch
 from . import detect, image_inputs, image_metadata, params
 from .conditioning import PromptEncoder
 from .errors import Interrupted, Skipped, UserError
-from .generation import Engine, GenerationResult, _callbacks, _encode_images, _StepTracker, batch_seeds
+from .generation import Engine, GenerationResult, _call_params, _callbacks, _encode_images, _StepTracker, batch_seeds
 from .image_inputs import PreparedImage
 from .jobs import JobControl
 from .noise import image_noise
@@ -46,13 +46,16 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".ti
 # ---------------------------------------------------------------------------------------- one request
 
 def img2img(engine: Engine, req: GenerationRequest, images: Any, mask: Any = None,
-            control: JobControl | None = None, *, save: bool = True) -> GenerationResult:
+            control: JobControl | None = None, *, save: bool = True, controlnet: list | None = None
+            ) -> GenerationResult:
     """Generate from init image(s) (+ an optional inpaint mask, white = repaint).
 
     `images`: one image or a list (PIL images, file bytes, paths or binary files). One image is used for
     every image of the batch; several (A1111's init_images) each start one image of a batch, and the batch
     size becomes their number. `mask`: the same kinds; resized to the image with a notice when its size
-    differs. Raises UserError for unusable input; `result.notices` lists what the user should know.
+    differs. `controlnet`: ControlNetUnits, as for txt2img; a unit without its own image uses the init image
+    (the worked crop with "only masked"). Raises UserError for unusable input; `result.notices` lists what
+    the user should know.
     """
     params.check_request(req)
     if images is None or not isinstance(images, (list, tuple)):
@@ -79,8 +82,15 @@ def img2img(engine: Engine, req: GenerationRequest, images: Any, mask: Any = Non
     start = time.perf_counter()
     with engine.manager.lock:
         loaded = engine._prepare_model(req)
-        result = _run(engine, req, loaded, prepared, control, save, notices)
-    result.notices = list(dict.fromkeys(notices))
+        cn = engine._controlnet(controlnet, req, req.width, req.height, init_image=prepared[0].control)
+        try:
+            with engine.prompt_job(loaded, req) as job:   # styles, LoRAs, embeddings: as txt2img
+                result = _run(engine, job.request, loaded, prepared, control, save, notices, cn, job)
+            notices.extend(job.notices)
+        finally:
+            if cn is not None:
+                cn.release()
+    result.notices = list(dict.fromkeys(notices + result.notices))
     result.seconds = time.perf_counter() - start
     return result
 
@@ -108,7 +118,7 @@ def _mask_inputs(pipe, prepared: PreparedImage, width: int, height: int, nine_ch
 
 
 def _run(engine: Engine, req: GenerationRequest, loaded, prepared: list[PreparedImage],
-         control: JobControl | None, save: bool, notices: list[str]) -> GenerationResult:
+         control: JobControl | None, save: bool, notices: list[str], cn=None, job=None) -> GenerationResult:
     from PIL import Image
 
     nine_channel = bool(loaded.arch.inpaint)
@@ -117,7 +127,13 @@ def _run(engine: Engine, req: GenerationRequest, loaded, prepared: list[Prepared
         # An inpainting UNet always needs a mask: the whole image (A1111 uses an all-ones mask too).
         for p in prepared:
             p.mask = Image.new("L", (req.width, req.height), 255)
-    pipe = engine.manager.pipeline("inpaint" if masked or nine_channel else "img2img")
+    pipe = engine._mode_pipeline("inpaint" if masked or nine_channel else "img2img", cn)
+    with_mask = prepared[0].mask is not None           # masked, or a 9-channel UNet's whole-image mask
+    # diffusers' ControlNet inpaint pipelines take no masked-image latents: they get pixels and encode them.
+    pixel_input = with_mask and "masked_image_latents" not in _call_params(pipe)
+    if pixel_input and masked and req.inpainting_fill in (2, 3):
+        notices.append(f"masked content '{params.MASKED_CONTENT[req.inpainting_fill]}' is not available with "
+                       f"ControlNet inpainting; 'original' was used")
     sdxl = loaded.arch.family in (detect.SDXL, detect.SDXL_REFINER)
     w, h, bs = req.width, req.height, req.batch_size
     n_images = bs * req.n_iter
@@ -130,18 +146,22 @@ def _run(engine: Engine, req: GenerationRequest, loaded, prepared: list[Prepared
     tracker = _StepTracker(control, per_image * req.n_iter, n_images, sdxl, engine.preview_every)
     label = f"img2img ({run} of {req.steps} steps at denoising {req.denoising_strength:g})"
 
-    # Per batch row: the init latents, and for inpainting the masks (PIL for the pipeline, latent for fills).
+    # Per batch row: the init latents; with a mask, the masks (PIL for the pipeline, latent for the fills
+    # and the final blend) and the 9-channel UNet's masked-image latents.
     rows = prepared if len(prepared) > 1 else prepared * bs
     encoded = {id(p): _encode(pipe, p, w, h) for p in prepared}
     init = torch.cat([encoded[id(p)] for p in rows])
-    mask_pils = latent_mask = masked_latents = None
-    if prepared[0].mask is not None:
-        inputs = {id(p): _mask_inputs(pipe, p, w, h, nine_channel) for p in prepared}
+    mask_pils = latent_mask = masked_latents = pixels = None
+    if with_mask:
+        inputs = {id(p): _mask_inputs(pipe, p, w, h, nine_channel and not pixel_input) for p in prepared}
         mask_pils = [p.mask for p in rows]
         latent_mask = torch.cat([inputs[id(p)][0] for p in rows])
-        masked_latents = torch.cat([inputs[id(p)][1] for p in rows]) if nine_channel else init
-
-    encoder = PromptEncoder(pipe, req.clip_skip)
+        if pixel_input:
+            pixels = [p.init if p.init.size == (w, h) else image_inputs.resize_image(0, p.init, w, h) for p in rows]
+        else:
+            masked_latents = torch.cat([inputs[id(p)][1] for p in rows]) if nine_channel else init
+    encoder = job.encoder(pipe, req.clip_skip) if job else PromptEncoder(pipe, req.clip_skip)
+    enc_req = job.encode_request if job else req   # LoRA tags out of the prompt that is encoded
     result = GenerationResult(request=req)
     for it in range(req.n_iter):
         b0 = it * bs
@@ -152,15 +172,16 @@ def _run(engine: Engine, req: GenerationRequest, loaded, prepared: list[Prepared
                 control.check()
             noise, gens = image_noise(tuple(init.shape), batch_seeds_, batch_subseeds, req.subseed_strength)
             start = init
-            if masked and req.inpainting_fill == 2:      # latent noise
+            if masked and req.inpainting_fill == 2 and not pixel_input:      # latent noise
                 start = init * (1 - latent_mask) + noise * latent_mask
-            elif masked and req.inpainting_fill == 3:    # latent nothing
+            elif masked and req.inpainting_fill == 3 and not pixel_input:    # latent nothing
                 start = init * (1 - latent_mask)
             if run >= 1:
-                latents, _ = engine._sample(pipe, loaded, encoder, req, req.steps, w, h, batch_seeds_, batch_subseeds,
-                                            tracker, b0, label, image=start, strength=req.denoising_strength,
-                                            gens=gens, mask=mask_pils, masked_image_latents=masked_latents,
-                                            noise=noise)
+                latents, _ = engine._sample(pipe, loaded, encoder, enc_req, req.steps, w, h, batch_seeds_,
+                                            batch_subseeds, tracker, b0, label,
+                                            image=pixels if pixel_input else start,
+                                            strength=req.denoising_strength, gens=gens, mask=mask_pils,
+                                            masked_image_latents=masked_latents, noise=noise, cn=cn)
             else:
                 latents = start
                 if control is not None:
@@ -177,11 +198,13 @@ def _run(engine: Engine, req: GenerationRequest, loaded, prepared: list[Prepared
         except Interrupted:
             result.interrupted = True
             break
+        extra = job.infotext() if job else None
         for k, image in enumerate(images):
             final = image_inputs.composite(image, rows[k])
             engine._finish_image(result, loaded, req, final, batch_seeds_[k], batch_subseeds[k], save,
-                                 mode="img2img", masked=masked)
+                                 mode="img2img", masked=masked, cn=cn, extra=extra)
     result.steps_run = tracker.done
+    engine._controlnet_result(result, cn, w, h)
     return result
 
 

@@ -235,3 +235,22 @@ def load_vae(path: Path, family: str, *, config_root: Path = CONFIG_ROOT, dtype=
         raise
     except Exception as err:
         raise ModelLoadError(f"{path.name}: could not be loaded as a VAE ({type(err).__name__}: {err})") from err
+
+
+def from_pipe(cls, base, **components):
+    """`cls.from_pipe(base, **components)`: a pipeline of another class sharing `base`'s loaded modules.
+
+    diffusers' `from_pipe` ends with `new_pipeline.to(dtype=torch_dtype or torch.float32)`, which casts
+    every shared module in place: a bf16/fp16 checkpoint silently became float32 (twice the memory) and
+    an fp32 VAE kept for fp16 models would be halved by passing a dtype. Here that final cast is skipped
+    (the caller's modules are already where and in the dtype the device policy put them)."""
+    had_own = "to" in cls.__dict__
+    own = cls.__dict__.get("to")
+    cls.to = lambda self, *args, **kwargs: self
+    try:
+        return cls.from_pipe(base, **components)
+    finally:
+        if had_own:
+            cls.to = own
+        else:
+            del cls.to

@@ -233,7 +233,7 @@ class PipelineManager:
         cls = getattr(diffusers, _MODE_CLASSES[(xl, mode)])
         if type(base) is cls:
             return base
-        pipe = cls.from_pipe(base)
+        pipe = loading.from_pipe(cls, base)   # not cls.from_pipe: it casts the shared modules to float32
         pipe.set_progress_bar_config(disable=True)
         return pipe
 

@@ -101,14 +101,21 @@ def set_lora_tags(prompt: str, wanted: dict[str, float], managed: set[str] = fro
     """`prompt` with the LoRA tags of `managed` names taken out and one tag per `wanted` name appended
     (used by presets: switching preset swaps its LoRA, the user's own tags stay)."""
     drop = {n.lower() for n in managed} | {n.lower() for n in wanted}
+    removed = 0
 
     def keep(m: re.Match) -> str:
+        nonlocal removed
         tag = _parse_tag(m.group(1), m.group(2), m.group(0))
-        return "" if tag.kind in LORA_KINDS and tag.name.lower() in drop else m.group(0)
+        if tag.kind in LORA_KINDS and tag.name.lower() in drop:
+            removed += 1
+            return ""
+        return m.group(0)
 
     out = TAG_RE.sub(keep, prompt or "")
-    out = re.sub(r"(,\s*)+$", "", re.sub(r"\s{2,}", " ", out)).strip()
-    tags = " ".join(lora_tag(n, w) for n, w in wanted.items())
+    if removed:  # tidy the separators the removed tags leave behind
+        out = re.sub(r",[ \t]*(?:,[ \t]*)+", ", ", out)
+        out = re.sub(r"[ \t]{2,}", " ", out).strip().strip(",").strip()
+    tags = ", ".join(lora_tag(n, w) for n, w in wanted.items())
     if not tags:
         return out
     return f"{out}, {tags}" if out else tags
@@ -476,7 +483,7 @@ class NetworkJob:
     def infotext(self) -> dict[str, str]:
         """`Lora hashes` / `TI hashes` for the infotext (A1111 keys and format)."""
         out: dict[str, str] = {}
-        hashes = [f"{_clean_alias(a.name)}: {a.hash}" for a in self.loras if a.hash]
+        hashes = [f"{_clean_alias(a.file.name)}: {a.hash}" for a in self.loras if a.hash]
         if hashes:
             out["Lora hashes"] = ", ".join(hashes)
         if self.embeddings is not None:

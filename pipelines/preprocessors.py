@@ -371,13 +371,21 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
 
 
+def _controlnet_aux():
+    """controlnet_aux, imported on first use (seconds); its warnings about optional extras are noise here."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import controlnet_aux
+    return controlnet_aux
+
+
 def _aux(key: str, files: tuple[str, ...], class_name: str, **call_kwargs) -> RunFn:
     """A controlnet_aux detector as a RunFn; `call_kwargs` are fixed arguments of its __call__."""
 
     def factory(folder: str):
-        import controlnet_aux
-
-        return getattr(controlnet_aux, class_name).from_pretrained(folder)
+        return getattr(_controlnet_aux(), class_name).from_pretrained(folder)
 
     def run(img, res, a, b, ctx: Annotators):
         det = ctx.detector(key, files, key, factory)
@@ -388,7 +396,7 @@ def _aux(key: str, files: tuple[str, ...], class_name: str, **call_kwargs) -> Ru
 
 
 def _aux_mlsd(img, res, a, b, ctx):
-    det = ctx.detector("mlsd", _W_MLSD, "mlsd", lambda d: __import__("controlnet_aux").MLSDdetector.from_pretrained(d))
+    det = ctx.detector("mlsd", _W_MLSD, "mlsd", lambda d: _controlnet_aux().MLSDdetector.from_pretrained(d))
     return _hwc3(np.asarray(det(img, thr_v=a, thr_d=b, detect_resolution=int(res), image_resolution=int(res),
                                 output_type="np")))
 
@@ -396,7 +404,7 @@ def _aux_mlsd(img, res, a, b, ctx):
 def _aux_leres(boost: bool) -> RunFn:
     def run(img, res, a, b, ctx):
         det = ctx.detector("leres", _W_LERES, "depth_leres",
-                           lambda d: __import__("controlnet_aux").LeresDetector.from_pretrained(d))
+                           lambda d: _controlnet_aux().LeresDetector.from_pretrained(d))
         return _hwc3(np.asarray(det(img, thr_a=a, thr_b=b, boost=boost, detect_resolution=int(res),
                                     image_resolution=int(res), output_type="np")))
 

@@ -66,6 +66,17 @@ def build_tiny_models(root: Path) -> TinyModels:
     return tm
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Tiny models are all overhead: one thread is several times faster than two fighting over 2 cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> TinyModels:
     return build_tiny_models(tmp_path_factory.mktemp("tiny"))

@@ -27,7 +27,7 @@ webuiapi = pytest.importorskip("webuiapi")
 
 from PIL import Image  # noqa: E402
 
-from pipelines.params import BY_NAME, PARAMS  # noqa: E402
+from pipelines.params import PARAMS  # noqa: E402
 
 SIZE = {"width": 64, "height": 64}
 CLIP, CAPTION = "tiny-clip", "blip-tiny"
@@ -270,6 +270,9 @@ def test_img2img_with_a_mask(server):
     bad = server.post("/img2img", {"init_images": [b64_png(init)], "mask": "%%%", "steps": 1, **SIZE})
     assert bad.status_code == 422 and "mask" in detail_fields(bad)
     assert server.post("/img2img", {"steps": 1, **SIZE}).status_code == 422
+    big = b64_png(Image.new("1", (4096, 4096)))              # each allowed alone; three are too many pixels
+    r = server.post("/img2img", {"init_images": [big] * 3, "batch_size": 3, "steps": 1, **SIZE})
+    assert r.status_code == 413 and "init_images.2" in r.text
 
 
 # ------------------------------------------------------------------------------------------ interrogate
@@ -360,7 +363,7 @@ def test_progress_with_live_preview_then_interrupt(server):
     api.set_options({"show_progress_every_n_steps": 1})
     idle = api.get_progress()
     assert idle["progress"] == 0 and idle["state"]["job_count"] == 0 and idle["current_image"] is None
-    t, box = _start(lambda: api.txt2img(prompt="slow", steps=150, seed=1, **SIZE))
+    t, box = _start(lambda: api.txt2img(prompt="slow", steps=150, n_iter=4, seed=1, **SIZE))
     seen_progress = seen_image = None
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline and not (seen_progress and seen_image):
@@ -374,7 +377,7 @@ def test_progress_with_live_preview_then_interrupt(server):
     t.join(60)
     assert not t.is_alive() and "error" not in box, box.get("error")
     assert seen_progress, "progress never moved while a 150-step job ran"
-    assert seen_progress["state"]["sampling_steps"] == 150 and seen_progress["state"]["job_count"] == 1
+    assert seen_progress["state"]["sampling_steps"] == 150 and seen_progress["state"]["job_count"] == 4
     assert seen_progress["eta_relative"] > 0 and "step" in seen_progress["textinfo"]
     assert seen_image is not None and seen_image.size[0] > 0
     r = box["result"]
@@ -384,19 +387,26 @@ def test_progress_with_live_preview_then_interrupt(server):
     api.set_options({"show_progress_every_n_steps": 5})
 
 
+def _wait_progress(api, until, timeout: float = 60.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        p = api.get_progress()
+        if until(p["state"]):
+            return p
+        time.sleep(0.02)
+    raise AssertionError(f"progress never reached the expected state; last: {p}")
+
+
 def test_skip_moves_on_to_the_next_image(server):
     api = server.client()
-    t, box = _start(lambda: api.txt2img(prompt="skip me", steps=30, n_iter=2, seed=50, **SIZE))
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        p = api.get_progress()["state"]
-        if p["sampling_step"] >= 1 and p["job_no"] == 0 and p["sampling_steps"] == 30:
-            break
-        time.sleep(0.02)
+    t, box = _start(lambda: api.txt2img(prompt="skip me", steps=150, n_iter=3, seed=50, **SIZE))
+    _wait_progress(api, lambda s: s["job_no"] == 0 and s["sampling_step"] >= 1 and s["sampling_steps"] == 150)
     api.skip()
-    t.join(90)
+    _wait_progress(api, lambda s: s["job_no"] == 1 and s["sampling_step"] >= 1)     # image 2 started
+    api.interrupt()
+    t.join(60)
     r = box["result"]
-    assert r.info.get("skipped") == 1 and len(r.images) == 1
+    assert r.info["skipped"] == 1 and r.info["interrupted"] is True and r.images == []
 
 
 # ------------------------------------------------------------------------------------------ lists, models
@@ -502,6 +512,7 @@ def test_schemathesis_fuzz_finds_no_server_errors(server):
     skip = {"/sdapi/v1/unload-checkpoint", "/sdapi/v1/reload-checkpoint"}   # tested above; would unload the model
     generation = {"/sdapi/v1/txt2img", "/sdapi/v1/img2img", "/sdapi/v1/interrogate"}
     failures: list[str] = []
+    statuses: dict = {}
     count = 0
 
     def tame(case, positive: bool) -> None:
@@ -539,6 +550,7 @@ def test_schemathesis_fuzz_finds_no_server_errors(server):
                 tame(case, positive)
                 count += 1
                 response = case.call(timeout=120)
+                statuses.setdefault((case.path, mode.value), []).append(response.status_code)
                 if response.status_code >= 500:
                     failures.append(f"{case.method} {case.path} {mode.value} → {response.status_code} "
                                     f"{response.text[:300]} body={str(case.body)[:300]}")
@@ -552,6 +564,8 @@ def test_schemathesis_fuzz_finds_no_server_errors(server):
     assert server.post("/options", restore).ok
     assert not failures, "\n".join(failures[:10])
     assert count > 100
+    ok = {path: codes.count(200) for (path, mode), codes in statuses.items() if mode == "positive"}
+    assert ok["/sdapi/v1/txt2img"] and ok["/sdapi/v1/options"], statuses     # the fuzz reached generation
 
 
 # ------------------------------------------------------------------------------------------ load

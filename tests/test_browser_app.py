@@ -94,9 +94,9 @@ def generated(browser, app):
     seed = page.locator("#txt2img_seed input")
     seed.fill("1234")
     seed.press("Tab")
-    page.wait_for_function("document.querySelector('#txt2img_token_counter').innerText.trim() !== '0/75'",
-                           timeout=30_000)
-    counter = page.inner_text("#txt2img_token_counter").strip()
+    counter_js = "document.querySelector('#txt2img_token_counter span.token-counter')"
+    page.wait_for_function(f"{counter_js} && {counter_js}.textContent.trim() !== '0/75'", timeout=30_000)
+    counter = page.locator("#txt2img_token_counter span.token-counter").text_content().strip()
     page.click("#txt2img_generate")
     page.wait_for_selector("#txt2img_gallery img", timeout=90_000)
     page.wait_for_function("document.querySelector('#txt2img_progress').innerText.includes('Done')", timeout=90_000)

@@ -32,8 +32,11 @@ def engine(tiny_models, tmp_path_factory):
     from pipelines.manager import PipelineManager
     from pipelines.models import ModelPaths, ModelRegistry
 
+    from bench.synth import tiny_controlnet, write_controlnet
+
     tmp = tmp_path_factory.mktemp("img2img")
-    paths = ModelPaths(tiny_models.models, cache_dir=tmp / "cache")
+    write_controlnet(tiny_controlnet("sd1", seed=2), tmp / "models" / "ControlNet" / "tiny-cn", layout="diffusers")
+    paths = ModelPaths(tmp / "models", extra_models_dirs=[tiny_models.models], cache_dir=tmp / "cache")
     manager = PipelineManager(ModelRegistry(paths, hashing=False), policy=make_policy("cpu", "fp32"),
                               cache_size=2, config_root=tiny_models.configs)
     return Engine(manager, OutputSaver(tmp / "outputs"))
@@ -201,6 +204,25 @@ def test_inpaint_params_round_trip_through_infotext_and_the_saved_file(engine):
     # plain img2img writes no mask keys; a default denoising strength is still written (A1111)
     plain = engine.img2img(_req(mask_blur=6, denoising_strength=0.7, steps=2), init, save=False).infotexts[0]
     assert "Denoising strength: 0.7" in plain and "Mask" not in plain and "Inpaint" not in plain
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_controlnet_steers_img2img_and_inpainting_from_the_init_image(engine, with_mask):
+    from pipelines.controlnet import ControlNetUnit
+
+    _use(engine, "sd1")
+    init = _image(64, 64, 9)
+    mask = _box_mask(init.size, (16, 16, 48, 48)) if with_mask else None
+    req = _req(steps=2, mask_blur=0, inpainting_fill=2)
+    plain = engine.img2img(req, init, mask, save=False)
+    unit = ControlNetUnit(module="none", model="tiny-cn")      # no image of its own: the init image
+    steered = engine.img2img(req, init, mask, save=False, controlnet=[unit])
+    assert "ControlNet 0: " in steered.infotexts[0] and steered.control_maps
+    assert not np.array_equal(_arr(plain.images[0]), _arr(steered.images[0]))
+    if with_mask:
+        outside = np.asarray(mask) == 0
+        assert np.array_equal(_arr(steered.images[0])[outside], _arr(init)[outside])
+        assert any("latent noise" in n and "ControlNet" in n for n in steered.notices)
 
 
 # ------------------------------------------------------------------------------------------ bad input

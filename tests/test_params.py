@@ -42,7 +42,7 @@ def test_every_infotext_key_is_read_back_into_its_field():
         value = p.default if p.choices is None else p.choice_list()[0]
         if p.type is str and not value:
             value = "something"
-        pairs = {p.infotext: str(value)}
+        pairs = {p.infotext: str(p.label_of(value))}
         if p.name == "subseed":  # a variation seed counts only with its strength (A1111)
             pairs["Variation seed strength"] = "0.5"
         known, unknown = request_values_from_infotext(pairs)
@@ -189,6 +189,8 @@ def _strategy(p: params.Param):
         return st.integers(lo, hi).map(lambda v: v * step)
     if p.type is float:
         return st.floats(p.minimum, p.maximum, allow_nan=False)
+    if p.type is tuple:
+        return st.lists(_name, max_size=min(p.max_length or 3, 3)).map(tuple)
     return _name
 
 
@@ -200,9 +202,12 @@ def requests(draw) -> GenerationRequest:
 
 
 def _not_written(req: GenerationRequest) -> GenerationRequest:
-    """`req` with the fields A1111 does not write for it put back to their defaults."""
+    """`req` with the fields a txt2img infotext does not carry put back to their defaults."""
     d = params.declared_defaults()
-    keep = dict(batch_size=d["batch_size"], n_iter=d["n_iter"])
+    # no infotext key (batch size/count, styles: A1111 writes the styled prompts), or not a txt2img parameter
+    keep = {p.name: p.default for p in PARAMS if (p.infotext is None or "txt2img" not in p.modes)
+            and p.name not in ("prompt", "negative_prompt")}  # the prompts are the text's first lines
+    keep.pop("enable_hr")  # no key of its own: any "Hires ..." key means it was on
     keep.update({p.name: d[p.name] for p in PARAMS if "txt2img" not in p.modes})  # img2img-only: not in txt2img
     if not req.enable_hr:
         keep.update({k: d[k] for k in ("hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x",

@@ -16,6 +16,7 @@ limited to MAX_BODY_BYTES (413) and decoded images to api_images.MAX_IMAGE_PIXEL
 never fetched; output folders set through options stay inside --outdir.
 """
 import asyncio
+import importlib.util
 import logging
 import platform
 import threading
@@ -51,7 +52,7 @@ def _error(status: int, field: str | None, message: str) -> HTTPException:
     if status == 422:
         loc = ["body", *field.split(".")] if field else ["body"]
         return HTTPException(422, detail=[{"type": "value_error", "loc": loc, "msg": message}])
-    return HTTPException(status, detail=message)
+    return HTTPException(status, detail=f"{field}: {message}" if field and not message.startswith(field) else message)
 
 
 def http_error(err: BaseException) -> HTTPException:
@@ -328,10 +329,8 @@ def create_api_router(services, access=None) -> APIRouter:
             raise _error(404, "model", f"Model not found: {body.model!r}; choose one of: "
                                        f"{', '.join(INTERROGATE_MODELS)}")
         mode = "classic" if model == "clip" else model
-        try:
-            import pipelines.interrogate  # noqa: F401
-        except ImportError:
-            raise _error(501, None, "interrogation is not available in this build") from None
+        if importlib.util.find_spec("pipelines.interrogate") is None:
+            raise _error(501, None, "interrogation is not available in this build")
         try:
             image = await run_in_threadpool(lambda: decode_image(body.image, "image").convert("RGB"))
             it = await run_in_threadpool(state.interrogator)
@@ -514,6 +513,10 @@ def create_api_router(services, access=None) -> APIRouter:
 
     @route("/script-info", ["GET"], response_model=list[dict[str, Any]])
     def get_script_info():
+        return []
+
+    @route("/extensions", ["GET"], response_model=list[dict[str, Any]])
+    def get_extensions():
         return []
 
     @route("/memory", ["GET"], response_model=M.MemoryResponse)

@@ -54,8 +54,11 @@ def decode_base64(data: str, field: str = "image") -> bytes:
     return raw
 
 
-def open_image(raw: bytes, field: str = "image", *, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
-    """Bytes → a loaded PIL image (first frame); size checked from the header before decoding."""
+def open_image(raw: bytes, field: str = "image", *, max_pixels: int = MAX_IMAGE_PIXELS,
+               budget: int | None = None) -> Image.Image:
+    """Bytes → a loaded PIL image (first frame); size checked from the header before decoding.
+
+    `budget`: pixels left for this request's images together (413 when this one does not fit)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -66,6 +69,10 @@ def open_image(raw: bytes, field: str = "image", *, max_pixels: int = MAX_IMAGE_
             if w * h > max_pixels:
                 raise ImageInputError(field, f"the image is {w}x{h} ({w * h:,} pixels); the limit is "
                                              f"{max_pixels:,} pixels: resize it first", status=413)
+            if budget is not None and w * h > budget:
+                raise ImageInputError(field, f"this {w}x{h} image does not fit in what is left ({max(budget, 0):,} "
+                                             f"pixels) of the pixel limit for all images of one request: send "
+                                             f"fewer or smaller images", status=413)
             image.load()
     except ImageInputError:
         raise
@@ -78,8 +85,9 @@ def open_image(raw: bytes, field: str = "image", *, max_pixels: int = MAX_IMAGE_
     return image
 
 
-def decode_image(data: str, field: str = "image", *, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
-    return open_image(decode_base64(data, field), field, max_pixels=max_pixels)
+def decode_image(data: str, field: str = "image", *, max_pixels: int = MAX_IMAGE_PIXELS,
+                 budget: int | None = None) -> Image.Image:
+    return open_image(decode_base64(data, field), field, max_pixels=max_pixels, budget=budget)
 
 
 def encode_image(image: Image.Image, infotext: str | None = None, fmt: str = "png", quality: int = 95) -> str:

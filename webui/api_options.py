@@ -172,9 +172,12 @@ class OptionsStore:
         if not text:
             return ""
         root = self.output_root.resolve()
-        p = Path(text)
-        target = (p if p.is_absolute() else root / p).resolve()
-        if target.parent == root and _KIND.fullmatch(target.name) and ".." not in target.name:
+        try:
+            p = Path(text)
+            target = (p if p.is_absolute() else root / p).resolve()
+        except (ValueError, OSError):   # NUL bytes, names too long for the OS
+            target = None
+        if target is not None and target.parent == root and _KIND.fullmatch(target.name) and ".." not in target.name:
             return target.name
         raise ParameterError(key, f"{value!r} must be a folder directly inside the outputs folder {root} "
                                   f"(e.g. 'txt2img-images'); the API does not write elsewhere")
