@@ -46,7 +46,7 @@ BACKGROUND = (255, 255, 255)             # A1111's img2img_background_color: tra
 # The VAE encodes the whole image in "latent upscale" mode; larger inputs are scaled down to this first.
 LATENT_UPSCALE_MAX_PIXELS = 2048 * 2048
 
-ImageSource = Union[Image.Image, bytes, bytearray, str, os.PathLike, IO[bytes]]
+ImageSource = Union[Image.Image, np.ndarray, bytes, bytearray, str, os.PathLike, IO[bytes]]
 
 _max_pixels = DEFAULT_MAX_INPUT_PIXELS
 
@@ -81,6 +81,11 @@ def _too_large(what: str, size: tuple[int, int], limit: int) -> UserError:
 
 def _open(source: ImageSource, what: str, limit: int) -> Image.Image:
     """Open (header only, not decoded) and check the size; Pillow errors become UserErrors."""
+    if isinstance(source, np.ndarray):
+        try:
+            source = Image.fromarray(source)
+        except (TypeError, ValueError) as err:
+            raise UserError(f"{what}: an array of shape {source.shape} is not an image ({err})") from None
     if isinstance(source, Image.Image):
         if source.width * source.height > limit:
             raise _too_large(what, source.size, limit)
@@ -92,8 +97,9 @@ def _open(source: ImageSource, what: str, limit: int) -> Image.Image:
     elif isinstance(source, (str, os.PathLike)):
         if not Path(source).is_file():
             raise UserError(f"{what}: no such file")
-    # The bomb guard must be on, at this limit: Pillow raises above twice it, we refuse above it.
-    Image.MAX_IMAGE_PIXELS = limit
+    # The bomb guard must be on, at this limit: Pillow raises above twice it, we refuse above it. A one-off
+    # limit (max_pixels=) is put back afterwards; the configured one stays.
+    previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, limit
     try:
         with warnings.catch_warnings():   # between the limit and twice it: refused below, with our message
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -106,6 +112,9 @@ def _open(source: ImageSource, what: str, limit: int) -> Image.Image:
                         f"file") from None
     except OSError as err:
         raise UserError(f"{what} could not be read: {err}") from None
+    finally:
+        if limit != _max_pixels:
+            Image.MAX_IMAGE_PIXELS = previous
     if image.width * image.height > limit:
         image.close()
         raise _too_large(what, image.size, limit)
@@ -175,7 +184,7 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] = BACKGROUND) ->
 
 def load_image(source: ImageSource, *, what: str = "init image", notices: list[str] | None = None,
                max_pixels: int | None = None) -> Image.Image:
-    """Decode an uploaded image (PIL image, bytes, path or binary file) into RGB.
+    """Decode an uploaded image (PIL image, HxWxC uint8 array, bytes, path or binary file) into RGB.
 
     Raises UserError for non-images, damaged files and images above the pixel limit.
     Notices (e.g. "animated: first frame used") are appended to `notices`.
@@ -462,21 +471,23 @@ def merge_layers(layers: Iterable[Image.Image | None], size: tuple[int, int] | N
     return merged
 
 
-def _strokes(image: Image.Image, strokes: Image.Image | Sequence[Image.Image | None]) -> Image.Image:
-    layer = merge_layers(strokes if isinstance(strokes, (list, tuple)) else [strokes], image.size)
-    if layer is None:
-        layer = Image.new("RGBA", image.size, (0, 0, 0, 0))
-    return layer
+def _layer(strokes: Image.Image | Sequence[Image.Image | None] | None, size: tuple[int, int] | None
+           ) -> Image.Image | None:
+    """One RGBA strokes layer from a layer or a list of them (None when nothing was given)."""
+    return merge_layers(strokes if isinstance(strokes, (list, tuple)) else [strokes], size)
+
+
+def _strokes(image: Image.Image, strokes) -> Image.Image:
+    return _layer(strokes, image.size) or Image.new("RGBA", image.size, (0, 0, 0, 0))
 
 
 def strokes_mask(strokes: Image.Image | Sequence[Image.Image | None], size: tuple[int, int] | None = None,
                  ) -> Image.Image:
-    """White where anything was painted (alpha > 0): the mask of an inpaint brush layer."""
-    ref = Image.new("RGB", size) if size else None
-    layer = _strokes(ref, strokes) if ref is not None else merge_layers(
-        strokes if isinstance(strokes, (list, tuple)) else [strokes])
+    """White where anything was painted (alpha > 0): the mask of an inpaint brush layer (or layers), scaled
+    to `size` when given."""
+    layer = _layer(strokes, size)
     if layer is None:
-        raise UserError("no painted layer given")
+        raise UserError("no painted layer given: paint the area to repaint")
     return layer.getchannel("A").point(lambda v: 255 if v > 0 else 0)
 
 

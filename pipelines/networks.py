@@ -186,7 +186,12 @@ def read_state_dict(path: Path) -> dict[str, Any]:
     if path.suffix.lower() == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path), device="cpu")
+        try:
+            return load_file(str(path), device="cpu")
+        except OSError:
+            raise
+        except Exception as err:  # noqa: BLE001 - SafetensorError and friends: a damaged or partial file
+            raise UserError(f"{path.name}: not a readable .safetensors file ({str(err)[:120]})") from None
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure is the same message to the user

@@ -191,6 +191,17 @@ def test_live_preview_progress_and_eta_are_streamed(ui, monkeypatch):
     assert final[tab.infotext] == "x\nSteps: 2" and "Done: 1 image(s)" in final[tab.progress]
 
 
+def test_gallery_selection_drives_infotext_save_and_recycle(ui):
+    from types import SimpleNamespace
+
+    tab = ui.tab_objects["txt2img"]
+    state = {"paths": ["/o/a.png", "/o/b.png"], "infotexts": ["A", "B"], "seeds": [10, 11], "index": 0}
+    info, new_state, save = tab._select(state, SimpleNamespace(index=1))
+    assert info == "B" and new_state["index"] == 1 and save["value"] == "/o/b.png"
+    assert tab._last_seed(new_state, -1) == 11          # recycle = the selected image's seed
+    assert tab._last_seed({}, 5) == 5
+
+
 def test_interrupt_cancels_only_your_queued_job(ui):
     tab = ui.tab_objects["txt2img"]
     gate = threading.Event()
@@ -231,6 +242,14 @@ def test_pnginfo_send_sets_fields_and_checkpoint(ui, tmp_path):
     assert by_name["width"]["value"] == 576 and by_name["height"]["value"] == 448
     assert by_name["prompt"]["value"] == "a castle, (masterpiece:1.2)"
     assert "value" not in by_name["batch_size"]      # not named by the infotext: left as it is
+    for fmt in ("jpg", "webp"):                      # EXIF UserComment, as A1111 writes it
+        other = tmp_path / f"in.{fmt}"
+        write_image(Image.new("RGB", (64, 64)), other, INFOTEXT, fmt)
+        assert png._read(str(other))[2] == INFOTEXT
+    bare = tmp_path / "bare.png"
+    Image.new("RGB", (8, 8)).save(bare)
+    html, raw, text, button = png._read(str(bare))
+    assert "No generation parameters" in html and text == "" and button["interactive"] is False
     html, raw, text, *_ = png._read(None)
     assert text == ""
     with pytest.raises(gr.Error):

@@ -91,15 +91,20 @@ def test_huge_images_are_refused_with_a_clear_message():
     data = _png(Image.new("RGB", (150, 100)))       # 15,000 px
     with pytest.raises(UserError, match=r"150x100 .*above the 0.01 MP limit"):
         ii.load_image(data, max_pixels=10_000)
-    assert Image.MAX_IMAGE_PIXELS == 10_000          # Pillow's bomb guard follows the limit
-    # beyond twice the limit Pillow's own guard stops the decode; that is a UserError too
+    # beyond twice the limit Pillow's own bomb guard stops the decode; that is a UserError too
     with pytest.raises(UserError, match="decompression bomb"):
         ii.load_image(_png(Image.new("RGB", (300, 300))), max_pixels=10_000)
     with pytest.raises(UserError, match="MP limit"):
         ii.load_image(Image.new("RGB", (150, 100)), max_pixels=10_000)  # an already decoded image too
-    ii.set_max_input_pixels(ii.DEFAULT_MAX_INPUT_PIXELS)
-    assert ii.load_image(data).size == (150, 100)
-    assert Image.MAX_IMAGE_PIXELS == ii.DEFAULT_MAX_INPUT_PIXELS
+    assert ii.load_image(data).size == (150, 100)   # a one-off limit does not stay
+    assert Image.MAX_IMAGE_PIXELS == ii.max_input_pixels() == ii.DEFAULT_MAX_INPUT_PIXELS  # the guard is on
+    try:
+        ii.set_max_input_pixels(12_000)              # the configured limit (a setting)
+        assert Image.MAX_IMAGE_PIXELS == 12_000
+        with pytest.raises(UserError, match="0.012 MP limit"):
+            ii.load_mask(data)
+    finally:
+        ii.set_max_input_pixels(ii.DEFAULT_MAX_INPUT_PIXELS)
 
 
 def test_mask_semantics():

@@ -92,17 +92,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     log.info("%s", services.manager.policy.describe())
 
-    startup_job = None
+    ckpt = None
     if args.ui_debug_mode:
         log.info("--ui-debug-mode: no checkpoint is loaded")
     else:
         ckpt, why = startup_checkpoint(services, args)
         if ckpt is None:
             log.warning("%s", why)
-        else:
-            startup_job = services.submit(lambda: services.manager.load(ckpt), label=f"load {ckpt.title}")
-            startup_job.target_title = ckpt.title
-            threading.Thread(target=report_startup_load, args=(startup_job,), name="startup-load", daemon=True).start()
 
     demo = None
     from .ui import CSS, LOAD_JS
@@ -110,19 +106,27 @@ def main(argv: list[str] | None = None) -> int:
     if not args.nowebui:
         from .ui import build_ui
 
-        demo = build_ui(services, access, startup_job=startup_job)
+        demo = build_ui(services, access, startup_title=ckpt.title if ckpt else None)
     from .server import create_app, find_port, start_server, start_share_tunnel
 
-    app = create_app(services, access, demo, api=args.api or args.nowebui, css=CSS, js=LOAD_JS)
     host = "0.0.0.0" if args.listen else "127.0.0.1"
     try:
         port = find_port(host, args.port)
+        app = create_app(services, access, demo, api=args.api or args.nowebui, css=CSS, js=LOAD_JS, port=port)
         server = start_server(app, host, port)
     except OSError as err:
         print(f"error: {err}", file=sys.stderr)
         services.close()
         return 1
     ready = time.perf_counter() - T0
+    if ckpt is not None:
+        # The checkpoint loads once the UI answers (the two would share the CPU otherwise); it is the
+        # first job on the queue and the status line follows it.
+        job = services.submit(lambda: services.manager.load(ckpt), label=f"load {ckpt.title}")
+        job.target_title = ckpt.title
+        if demo is not None:
+            demo.ui_context.startup_job = job
+        threading.Thread(target=report_startup_load, args=(job,), name="startup-load", daemon=True).start()
 
     url = server.local_url
     print(f"Running on local URL:  {url}" + ("  (listening on all interfaces)" if args.listen else ""), flush=True)

@@ -238,7 +238,17 @@ class KindSaver:
         self._kinds = store.kind_map(mode)
 
     def save(self, image, infotext, *, kind: str = "txt2img-images", **kw):
-        return self._saver.save(image, infotext, kind=self._kinds.get(kind, kind), **kw)
+        kind = self._kinds.get(kind, kind)
+        try:
+            return self._saver.save(image, infotext, kind=kind, **kw)
+        except ValueError:
+            if self._saver.fmt not in ("jpg", "jpeg"):
+                raise
+            # JPEG's EXIF holds at most ~32k characters of parameters: keep the image, as PNG
+            log.warning("parameters too long for JPEG EXIF: saving this image as PNG")
+            png = copy.copy(self._saver)
+            png.fmt = "png"
+            return png.save(image, infotext, kind=kind, **kw)
 
     def save_grid(self, images, infotext, *, kind: str = "txt2img-grids", **kw):
         return self._saver.save_grid(images, infotext, kind=self._kinds.get(kind, kind), **kw)

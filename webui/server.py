@@ -59,7 +59,7 @@ def api_router(services: Services, access: AccessControl):
         return None
     from . import api
 
-    factory = getattr(api, "create_api_router")
+    factory = api.create_api_router
     kwargs: dict[str, Any] = {}
     params = inspect.signature(factory).parameters
     if "access" in params:
@@ -68,7 +68,7 @@ def api_router(services: Services, access: AccessControl):
 
 
 def create_app(services: Services, access: AccessControl, demo=None, *, api: bool = False,
-               css: str | None = None, js: str | None = None):
+               css: str | None = None, js: str | None = None, port: int | None = None):
     """FastAPI app: API routes first (HTTP Basic when credentials are set), then the UI at '/'."""
     from fastapi import Depends, FastAPI
 
@@ -91,7 +91,7 @@ def create_app(services: Services, access: AccessControl, demo=None, *, api: boo
                             allowed_paths=[str(services.saver.root)], show_error=True, css=css, js=js,
                             footer_links=["api"] if api else [], run_history=False,
                             server_name="0.0.0.0" if args.listen else "127.0.0.1",
-                            server_port=getattr(args, "port", None) or DEFAULT_PORT)
+                            server_port=port or getattr(args, "port", None) or DEFAULT_PORT)
     return app
 
 

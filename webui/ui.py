@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import html
 import logging
-import os
 import shutil
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ from pipelines.errors import UserError
 
 from .auth import AccessControl, is_exposed
 from .services import Services
-from .ui_common import PasteRegistry, PasteTarget, errors_to_ui, progress_html, user_error
+from .ui_common import PasteRegistry, PasteTarget, progress_html, user_error
 from .widgets import make_widget
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,8 @@ CSS = """
 .progress-text { font-size: 0.9em; margin-top: 3px; }
 .job-progress.failed .progress-text { color: var(--error-text-color, #b91c1c); }
 #pnginfo_generation_info table.pnginfo-table { width: 100%; border-collapse: collapse; font-size: 0.92em;
-                                              border: none !important; margin: 0; }
+                                              border: none !important; margin: 0; box-shadow: none; }
+#pnginfo_generation_info .pnginfo-table tr { border: none !important; }
 #pnginfo_generation_info .pnginfo-table th, #pnginfo_generation_info .pnginfo-table td {
     border: none !important; border-bottom: 1px solid var(--border-color-primary) !important;
     padding: 5px 8px !important; vertical-align: top; text-align: left; }
@@ -82,7 +83,8 @@ class UIContext:
     checkpoint: Any = None
     vae: Any = None
     tabs: Any = None
-    startup_job: Any = None            # the initial checkpoint load, if any
+    startup_job: Any = None            # the initial checkpoint load, once submitted
+    startup_title: str | None = None   # the checkpoint the app loads at start (set before its job exists)
     tab_objects: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -134,9 +136,8 @@ class UIContext:
         m = self.services.manager
         if m.active is not None:
             return m.active.info.title
-        job = self.startup_job
-        if job is not None and not job.done.is_set():
-            return getattr(job, "target_title", None)
+        if self.loading():
+            return getattr(self.startup_job, "target_title", None) or self.startup_title
         return None
 
     def find_checkpoint(self, query: str) -> str | None:
@@ -146,12 +147,17 @@ class UIContext:
             return None
 
     def loading(self) -> bool:
+        """The start-up checkpoint load is pending or running."""
         job = self.startup_job
-        return job is not None and not job.done.is_set()
+        if job is None:   # submitted right after the server starts answering
+            return self.startup_title is not None and self.services.manager.active is None
+        return not job.done.is_set()
 
     def require_model(self, wanted: str) -> None:
         if wanted or self.services.manager.active is not None or self.loading():
             return
+        if self.services.registry.checkpoints:
+            raise UserError("no checkpoint is loaded: choose one in the Checkpoint list at the top")
         raise UserError(no_model_message(self.services))
 
     def wire_send_image(self, button, state, target: PasteTarget) -> None:
@@ -260,7 +266,10 @@ class TopBar:
         ctx = self.ctx
         while ctx.loading():
             yield self.status_html(), gr.update()
-            ctx.startup_job.done.wait(POLL_SECONDS)
+            if ctx.startup_job is not None:
+                ctx.startup_job.done.wait(POLL_SECONDS)
+            else:
+                time.sleep(POLL_SECONDS)
         job = ctx.startup_job
         if job is not None and job.error is not None and not getattr(job, "error_shown", False):
             gr.Warning(f"Loading the checkpoint failed: {job.error}")
@@ -355,12 +364,15 @@ class TopBar:
             self._download_lock.release()
 
 
-def build_ui(services: Services, access: AccessControl, *, startup_job=None) -> gr.Blocks:
-    """The whole UI; `startup_job` is the initial checkpoint load (the status line follows it)."""
+def build_ui(services: Services, access: AccessControl, *, startup_job=None,
+             startup_title: str | None = None) -> gr.Blocks:
+    """The whole UI. `startup_job` is the initial checkpoint load (the status line follows it); when the
+    load is submitted after the UI is up, pass `startup_title` now and set `demo.ui_context.startup_job`."""
     from .ui_pnginfo import PngInfoTab
     from .ui_txt2img import Txt2ImgTab
 
-    ctx = UIContext(services, access, startup_job=startup_job)
+    ctx = UIContext(services, access, startup_job=startup_job,
+                    startup_title=startup_title or getattr(startup_job, "target_title", None))
     with gr.Blocks(title="Stable Diffusion", analytics_enabled=False) as demo:
         topbar = TopBar(ctx)
         topbar.build()

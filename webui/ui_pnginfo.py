@@ -72,7 +72,7 @@ class PngInfoTab:
                     self.info = gr.HTML("", elem_id="pnginfo_generation_info", padding=False)
                     with gr.Row():
                         self.send_buttons = {name: gr.Button(f"Send to {name}", elem_id=f"pnginfo_send_to_{name}",
-                                                             size="sm", interactive=False)
+                                                             size="sm", interactive=False, variant="primary")
                                              for name in self.ctx.paste_tabs}
                     with gr.Accordion("Raw metadata", open=False):
                         self.raw = gr.JSON(label="Raw metadata", elem_id="pnginfo_raw", show_label=False)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,7 +11,8 @@ import gradio as gr
 from pipelines.errors import Interrupted, UserError
 from pipelines.params import BY_NAME, make_request
 
-from .ui_common import EMPTY_COUNTER, PasteTarget, errors_to_ui, format_seconds, progress_html, token_counter_html, user_error
+from .ui_common import (EMPTY_COUNTER, PasteTarget, errors_to_ui, format_seconds, progress_html,
+                        token_counter_html, user_error)
 from .widgets import coerce, make_widget, params_for
 
 if TYPE_CHECKING:
@@ -155,7 +155,7 @@ class Txt2ImgTab:
         outputs = [self.gallery, self.progress, self.infotext, self.result_state, self.save]
         gen = dict(fn=self.run, inputs_kwargs=inputs, outputs=outputs, show_progress="hidden",
                    concurrency_limit=64, concurrency_id="generate")
-        self.generate.click(api_name="txt2img", **gen)   # Ctrl+Enter in the page clicks Generate (ui.HEAD_JS)
+        self.generate.click(api_name="txt2img", **gen)   # Ctrl+Enter in the page clicks Generate (ui.LOAD_JS)
         self.interrupt.click(self._interrupt, queue=False, api_visibility="private")
         self.skip.click(self._skip, queue=False, api_visibility="private")
         self.gallery.select(self._select, inputs=self.result_state, outputs=[self.infotext, self.result_state, self.save],
