@@ -175,12 +175,16 @@ def main(argv: Sequence[str] = ()) -> None:
 
     from bench.common import CACHE, write_result
     from pipelines.interrogate import InterrogateOptions, Interrogator
-    from pipelines.interrogate.labels import PROMPT_TABLES, TABLES
+    from pipelines.interrogate.labels import TABLES
 
     ap = argparse.ArgumentParser(prog="python -m bench.interrogate", description=__doc__.split("\n\n")[0])
     ap.add_argument("--sample", type=int, default=512, help="phrases of artists/flavors embedded cold, then extrapolated")
-    ap.add_argument("--repeat", type=int, default=2, help="runs per mode (median)")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of fast/classic (median); best/negative run once")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args(list(argv))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load_start = os.getloadavg()[0]
     os.environ["HF_HUB_OFFLINE"] = "1"
     root = CACHE / "interrogate"
     models = _full_size_models(root)
@@ -257,7 +261,7 @@ def main(argv: Sequence[str] = ()) -> None:
     cap = BENCH_CAPTION
     for mode in ("fast", "classic", "best", "negative"):
         runs = []
-        for _ in range(args.repeat if mode != "negative" else 1):
+        for _ in range(args.repeat if mode in ("fast", "classic") else 1):
             steps0 = it.counters.chain_steps
             t0 = time.perf_counter()
             res = it.interrogate(image, mode, caption=cap, options=opts)
@@ -295,6 +299,8 @@ def main(argv: Sequence[str] = ()) -> None:
         figures["fast_s"] + max(figures["best_chain_steps"], 8) * figures["chain_step_2048_prefix_cached_s"], 1)
     figures["best_2048_note"] = ("estimate: fast_s + max(best_chain_steps, 8) x one measured 2048-candidate step "
                                  "(clip-interrogator's default count, the GPU default here)")
+    figures["load_avg_1min_start_end"] = [round(load_start, 2), round(os.getloadavg()[0], 2)]
+    figures["torch_threads"] = torch.get_num_threads()
     write_result("interrogate", figures,
                  setup={"clip": "ViT-L-14 (open_clip, QuickGELU) random weights, fp32, CPU",
                         "caption": "BLIP-base architecture random weights, fp32, CPU, greedy, 32 tokens",

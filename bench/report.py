@@ -31,6 +31,12 @@ HEADLINES: dict[str, list[tuple[str, str, str]]] = {
               ("bf16_speedup_over_fp32", "bf16 / fp32 speed-up (target >= 1.5)", "{}x"),
               ("fraction_of_peak_bf16", "bf16 UNet step, fraction of matmul peak (target >= 0.5)", "{}")],
     "interrogate": [("fast_s", "interrogate fast mode", "{} s"), ("best_s", "interrogate best mode", "{} s")],
+    "controlnet": [("controlnet_enable_cold_s", "ControlNet enable, SD1.5 size, from disk", "{} s"),
+                   ("controlnet_swap_from_disk_s", "ControlNet swap, from disk", "{} s"),
+                   ("controlnet_swap_cached_s", "ControlNet swap, cached", "{} s"),
+                   ("checkpoint_reload_warm_s", "the alternative: checkpoint reload (warm page cache)", "{} s"),
+                   ("checkpoint_disk_loads_during_controlnet_changes", "checkpoint reads during ControlNet changes",
+                    "{}")],
 }
 
 

@@ -40,6 +40,7 @@ import os
 import re
 import threading
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -690,6 +691,18 @@ def config_overrides(shapes: dict[str, tuple], base: dict, name: str = "") -> di
     return out
 
 
+@contextmanager
+def _quiet_diffusers_cast_warning():
+    """diffusers warns "modules ... should be kept in float32: []" on any `ModelMixin.to(dtype)`."""
+    logger = logging.getLogger("diffusers.models.modeling_utils")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def load_controlnet(cf: ControlNetFile, arch: ControlNetArch, *, config_root: Path, dtype=None):
     """A ControlNetModel from disk, offline, on the CPU in `dtype`."""
     from diffusers import ControlNetModel
@@ -706,11 +719,9 @@ def load_controlnet(cf: ControlNetFile, arch: ControlNetArch, *, config_root: Pa
             overrides = config_overrides({k: tuple(v.shape) for k, v in state.items()}, base, cf.name)
             if overrides:
                 log.info("%s: config adjusted from its weights: %s", cf.name, overrides)
-            model = ControlNetModel.from_single_file(state, config=str(cfg_dir), local_files_only=True, **overrides)
-            if dtype is not None:
-                import torch
-
-                torch.nn.Module.to(model, dtype)  # ModelMixin.to would only add a warning
+            with _quiet_diffusers_cast_warning():  # its final model.to(dtype) is a no-op here, but it warns
+                model = ControlNetModel.from_single_file(state, config=str(cfg_dir), local_files_only=True,
+                                                         torch_dtype=dtype, **overrides)
             unexpected = sorted(set(state) - set(model.state_dict()))
             if unexpected:
                 raise ModelLoadError(f"{cf.name}: {len(unexpected)} weights do not fit a {arch.label} ControlNet "
@@ -996,3 +1007,20 @@ def prepare_job(manager: PipelineManager, units: Sequence[ControlNetUnit] | None
     for a in applied:
         a.net = cache.get(a.model)
     return ControlJob(manager, applied, notices)
+
+
+def preview_unit(manager: PipelineManager, unit: ControlNetUnit, width: int, height: int, *, init_image=None):
+    """The control map `unit` would use for a width x height image (PIL), for the UI's preprocessor preview.
+
+    Raises UserError when the preprocessor cannot run (e.g. annotator weights missing offline). Weighted
+    preprocessors run on the device: call this through the job queue like a generation."""
+    from PIL import Image
+
+    u = unit.checked()
+    image = u.image if u.image is not None else init_image
+    if image is None:
+        raise UserError("no input image to preview: upload one to the ControlNet unit")
+    det = run_preprocessor(u.module, image, processor_res=u.processor_res, threshold_a=u.threshold_a,
+                           threshold_b=u.threshold_b, annotators=manager.controlnets.annotators,
+                           target=(width, height), resize_mode=u.resize_mode, pixel_perfect=u.pixel_perfect)
+    return Image.fromarray(fit_to_size(det.image, width, height, u.resize_mode))

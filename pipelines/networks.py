@@ -262,6 +262,7 @@ class Embedding:
     file: NetworkFile
     vectors: dict[str, Any]    # "single" or "clip_l"/"clip_g" → tensor [n, dim]
     stamp: tuple
+    info: dict = field(default_factory=dict)   # A1111 .pt extras: step, sd_checkpoint, sd_checkpoint_name
 
     @property
     def count(self) -> int:
@@ -314,7 +315,9 @@ def load_embedding(nf: NetworkFile) -> Embedding:
         raise UserError(f"{nf.rel}: unknown embedding format (keys: {keys})")
     vectors = {k: v.detach().float().reshape(-1, v.shape[-1]) for k, v in vectors.items()}
     st = nf.path.stat()
-    return Embedding(nf.name, nf, vectors, (st.st_size, st.st_mtime))
+    info = {k: data.get(k) for k in ("step", "sd_checkpoint", "sd_checkpoint_name")
+            if isinstance(data.get(k), (int, str))}
+    return Embedding(nf.name, nf, vectors, (st.st_size, st.st_mtime), info)
 
 
 class _TokenizerWithEmbeddings:
@@ -564,6 +567,39 @@ class NetworkManager:
             return None
         return digest[:HASH_LEN] if digest else None
 
+    def lora_list(self) -> list[dict[str, Any]]:
+        """LoRA files as A1111's `GET /sdapi/v1/loras` lists them (name, alias, path, metadata)."""
+        out = []
+        for nf in self.lora_files():
+            metadata: dict[str, Any] = {}
+            if nf.path.suffix.lower() == ".safetensors":
+                try:
+                    from safetensors import safe_open
+
+                    with safe_open(str(nf.path), framework="pt") as f:
+                        metadata = dict(f.metadata() or {})
+                except Exception:  # noqa: BLE001 - a damaged file is listed without metadata
+                    metadata = {}
+            out.append({"name": nf.name, "alias": nf.name, "path": str(nf.path), "metadata": metadata})
+        return out
+
+    def embedding_list(self, pipe=None) -> dict[str, dict[str, Any]]:
+        """Embeddings as A1111's `GET /sdapi/v1/embeddings` lists them: {"loaded": {...}, "skipped": {...}},
+        loaded = usable with `pipe`'s text encoders (every readable file when no pipe is given)."""
+        encoders = [(n, getattr(pipe, n)) for n in TEXT_ENCODERS if getattr(pipe, n, None) is not None] if pipe else []
+        loaded, skipped = {}, {}
+        for nf in self.embedding_files():
+            try:
+                emb = self.embedding(nf)
+            except (UserError, OSError):
+                continue
+            entry = {"step": emb.info.get("step"), "sd_checkpoint": emb.info.get("sd_checkpoint"),
+                     "sd_checkpoint_name": emb.info.get("sd_checkpoint_name"),
+                     "shape": sum(v.shape[-1] for v in emb.vectors.values()), "vectors": emb.count}
+            fits = emb.for_encoders(encoders) is not None if encoders else True
+            (loaded if fits else skipped)[nf.name] = entry
+        return {"loaded": loaded, "skipped": skipped}
+
     def loaded_adapters(self, pipe) -> list[str]:
         """Files whose adapters are loaded in this pipe's modules (active or not)."""
         state = self._states.get(pipe.unet)
@@ -602,10 +638,14 @@ class NetworkManager:
                 wanted[nf.rel].unet += tag.unet
             else:
                 wanted[nf.rel] = AppliedLora(tag.name, nf, tag.te, tag.unet)
-        with self._lock:
-            self._apply_loras(pipe, job, list(wanted.values()))
-        job.embeddings = EmbeddingSession(self, pipe)
-        job.embeddings.install()
+        try:
+            with self._lock:
+                self._apply_loras(pipe, job, list(wanted.values()))
+            job.embeddings = EmbeddingSession(self, pipe)
+            job.embeddings.install()
+        except BaseException:
+            self.release(job)   # nothing half-applied stays behind
+            raise
         return job
 
     def release(self, job: NetworkJob) -> None:

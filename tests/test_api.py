@@ -42,6 +42,7 @@ class Server:
     services: object
     app: object
     interrogation: bool
+    controlnet: bool
 
     @property
     def api(self) -> str:
@@ -79,6 +80,27 @@ def _write_interrogation_models(data: Path) -> bool:
     return True
 
 
+def _write_extra_networks(data: Path) -> bool:
+    """A tiny SD1 ControlNet (diffusers folder), a LoRA file (listed, never loaded here) and two embeddings:
+    one that fits the tiny SD1 text encoder (32 wide) and one that does not."""
+    import torch
+    from safetensors.torch import save_file
+
+    models = data / "models"
+    (models / "Lora").mkdir(parents=True)
+    save_file({"lora_unet_x.lora_down.weight": torch.zeros(1, 1)}, models / "Lora" / "tiny-lora.safetensors",
+              metadata={"ss_network_dim": "1"})
+    (models / "embeddings").mkdir()
+    save_file({"emb_params": torch.randn(2, 32)}, models / "embeddings" / "tiny-emb.safetensors")
+    save_file({"emb_params": torch.randn(1, 7)}, models / "embeddings" / "other-emb.safetensors")
+    try:
+        from bench.synth import tiny_controlnet, write_controlnet
+    except ImportError:
+        return False
+    write_controlnet(tiny_controlnet("sd1", seed=13), models / "ControlNet" / "tiny-cn", "diffusers")
+    return True
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     from webui.auth import access_control
@@ -93,6 +115,7 @@ def server(tmp_path_factory):
     (data / "styles.csv").write_text("name,prompt,negative_prompt\n" + ",".join(f'"{v}"' for v in STYLE) + "\n",
                                      encoding="utf-8-sig")
     interrogation = _write_interrogation_models(data)
+    controlnet = _write_extra_networks(data)
     args = parse_args(tiny_app_args(data, "--api", "--nowebui"))
     services = create_services(args)
     services.submit(lambda: services.manager.load("tiny-sd1")).wait(120)
@@ -100,7 +123,7 @@ def server(tmp_path_factory):
     port = free_port()
     running = start_server(app, "127.0.0.1", port)
     try:
-        yield Server(f"http://127.0.0.1:{port}", port, data, services, app, interrogation)
+        yield Server(f"http://127.0.0.1:{port}", port, data, services, app, interrogation, controlnet)
     finally:
         running.stop()
         services.close()
@@ -275,6 +298,38 @@ def test_img2img_with_a_mask(server):
     assert r.status_code == 413 and "init_images.2" in r.text
 
 
+# ------------------------------------------------------------------------------------------ ControlNet
+
+def test_controlnet_units_in_the_sd_webui_controlnet_format(server):
+    api = server.client()
+    if not server.controlnet or not api.controlnet_module_list():
+        assert api.controlnet_model_list() == []
+        pytest.skip("no ControlNet support in this build: empty lists, units reported as ignored")
+    assert api.controlnet_model_list() == ["tiny-cn"] and "canny" in api.controlnet_module_list()
+    assert "controlnet" in api.get_scripts()["txt2img"] and api.controlnet_version() == 2
+    control = Image.new("RGB", (64, 64), "black")
+    control.paste((255, 255, 255), (16, 16, 48, 48))
+    plain = api.txt2img(prompt="a box", seed=21, steps=2, **SIZE)
+    unit = webuiapi.ControlNetUnit(image=control, module="canny", model="tiny-cn", weight=1.5,
+                                   threshold_a=100, threshold_b=200, pixel_perfect=True)
+    r = api.txt2img(prompt="a box", seed=21, steps=2, controlnet_units=[unit], **SIZE)
+    assert r.images[0].tobytes() != plain.images[0].tobytes()         # the unit steered the result
+    assert "ControlNet" in r.info["infotexts"][0] and "tiny-cn" in r.info["infotexts"][0]
+    assert r.parameters["alwayson_scripts"]["ControlNet"]["args"][0]["image"] is None     # not echoed
+    body = {"prompt": "x", "steps": 1, **SIZE, "alwayson_scripts": {"controlnet": {"args": [
+        {"image": b64_png(control), "module": "none", "model": "../../etc/passwd"}]}}}
+    r = server.post("/txt2img", body)
+    assert r.status_code == 404 and "controlnet[0].model" in r.text
+    body["alwayson_scripts"]["controlnet"]["args"][0].update(model="tiny-cn", weight=9)
+    r = server.post("/txt2img", body)
+    assert r.status_code == 422 and "alwayson_scripts.controlnet[0].weight" in detail_fields(r)
+    for script in ({"args": "canny"}, {"args": [5]}, {"args": [{"bogus": 1}]}, {"args": [{"image": "%%%"}]},
+                   {"args": [{"module": "nope"}]}, {"args": [{"weight": "heavy"}]}, {"args": [{"model": 5}]},
+                   {"args": [{"image": b64_png(Image.new("1", (5000, 5000))), "model": "tiny-cn"}]}, "x", 5):
+        r = server.post("/txt2img", {"steps": 1, **SIZE, "alwayson_scripts": {"ControlNet": script}})
+        assert 400 <= r.status_code < 500, (script, r.status_code, r.text)
+
+
 # ------------------------------------------------------------------------------------------ interrogate
 
 def test_interrogate(server):
@@ -431,16 +486,20 @@ def test_lists_and_model_management(server):
     assert {"automatic", "karras"} <= set(api.util_get_scheduler_names())
     assert api.util_get_model_names() == ["tiny-sd1", "tiny-sd1-b"]
     assert api.get_sd_vae() == [] and api.get_hypernetworks() == [] and api.get_face_restorers() == []
-    assert api.get_realesrgan_models() == [] and api.get_loras() == []
+    assert api.get_realesrgan_models() == []
+    loras = api.get_loras()
+    assert [(x["name"], x["alias"], x["metadata"]) for x in loras] == [("tiny-lora", "tiny-lora", {"ss_network_dim": "1"})]
+    assert api.get_embeddings() == {"loaded": {"tiny-emb": {"step": None, "sd_checkpoint": None,
+                                                            "sd_checkpoint_name": None, "shape": 32, "vectors": 2}},
+                                    "skipped": {"other-emb": {"step": None, "sd_checkpoint": None,
+                                                              "sd_checkpoint_name": None, "shape": 7, "vectors": 1}}}
+    assert server.post("/refresh-loras").ok and server.post("/refresh-embeddings").ok
     assert api.get_prompt_styles() == [dict(zip(("name", "prompt", "negative_prompt"), STYLE))]
-    assert api.get_embeddings() == {"loaded": {}, "skipped": {}}
-    assert api.get_scripts() == {"txt2img": [], "img2img": []}
     assert "Lanczos" in [u["name"] for u in api.get_upscalers()]
     assert "Latent" in [m["name"] for m in api.get_latent_upscale_modes()]
     assert api.get_memory()["ram"]["total"] > 0
     flags = api.get_cmd_flags()
     assert flags["api"] is True and flags["api_auth"] is None and flags["data_dir"] == str(server.data)
-    assert api.controlnet_model_list() == [] and api.controlnet_module_list() == []
     # refresh finds a new checkpoint; unload / reload
     ckpts = server.data / "models" / "Stable-diffusion"
     shutil.copytree(ckpts / "tiny-sd1", ckpts / "tiny-sd1-c")
@@ -454,9 +513,11 @@ def test_lists_and_model_management(server):
     assert server.post("/unload-checkpoint").json() == {}
     assert server.services.manager.active is None
     assert api.get_options()["sd_model_checkpoint"] == "tiny-sd1"       # the setting stays, as in A1111
-    assert server.post("/txt2img", {"steps": 1, **SIZE}).status_code == 400      # no model: says which to load
     assert server.post("/reload-checkpoint").json() == {}
-    assert api.get_options()["sd_model_checkpoint"] == "tiny-sd1"
+    assert api.get_options()["sd_model_checkpoint"] == "tiny-sd1" and server.services.manager.active is not None
+    assert server.post("/unload-checkpoint").json() == {}                # A1111: the next image loads it again
+    assert "Model: tiny-sd1" in api.txt2img(prompt="x", steps=1, **SIZE).info["infotexts"][0]
+    assert server.services.manager.active.info.title == "tiny-sd1"
 
 
 # ------------------------------------------------------------------------------------------ security
@@ -536,7 +597,10 @@ def test_schemathesis_fuzz_finds_no_server_errors(server):
         body = case.body
         if case.path == "/sdapi/v1/interrogate":
             body["image"] = init
-            body["model"] = "caption"
+            body["model"] = ("clip", "caption", "fast", "classic", "best", "negative")[count % 6]
+            if count % 2:
+                body.pop("clip_model", None)
+                body.pop("caption_model", None)
             return
         body.update(width=64, height=64, steps=min(int(body.get("steps") or 1), 2), n_iter=1, batch_size=1,
                     enable_hr=False)

@@ -117,6 +117,13 @@ def values_of(ctx, **changes):
     return values
 
 
+def wait_running(job, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while job.state != "running":
+        assert time.monotonic() < deadline, job.state
+        time.sleep(0.01)
+
+
 def drain(gen, limit: float = 60.0):
     out, start = [], time.monotonic()
     for item in gen:
@@ -144,6 +151,7 @@ def test_generate_waits_in_the_one_queue_then_streams_progress(ui):
     tab = ui.tab_objects["txt2img"]
     gate = threading.Event()
     blocker = ui.services.submit(lambda: gate.wait(60), label="someone else's job")
+    wait_running(blocker)
     gen = tab.run(request=None, **values_of(ui))
     first = next(gen)
     assert "Queued" in first[tab.progress]

@@ -112,8 +112,13 @@ def test_weighted_preprocessor_download_failure_is_a_user_error(monkeypatch, tmp
 
 def test_weighted_preprocessor_loads_local_annotator_weights(tmp_path):
     """HED with random weights written where the user puts real ones (an A1111-style subfolder)."""
+    import warnings
+
     import torch
-    from controlnet_aux.hed import ControlNetHED_Apache2
+
+    with warnings.catch_warnings():   # controlnet_aux warns about optional extras (mediapipe, timm names)
+        warnings.simplefilter("ignore")
+        from controlnet_aux.hed import ControlNetHED_Apache2
 
     sub = tmp_path / "annotators" / "hed"
     sub.mkdir(parents=True)

@@ -261,6 +261,37 @@ def test_lists_dir_overrides_a_shipped_list(tmp_path):
     assert lists["mediums"] == ["a fresco"] and len(lists["trendings"]) == 72
 
 
+def test_interrupt_during_embedding_writes_nothing(make, image, tmp_path):
+    from pipelines.errors import Interrupted
+
+    def stop(stage, fraction):
+        if stage.startswith("embedding flavors"):
+            raise Interrupted()
+
+    it = make(batch_size=4)
+    it.add_listener(stop)
+    with pytest.raises(Interrupted):
+        it.interrogate(image, "fast", caption="x")
+    assert not (tmp_path / "cache" / f"{CLIP}__flavors.safetensors").exists()
+    assert not [p for p in (tmp_path / "cache").iterdir() if ".tmp" in p.name]
+    it._listeners.remove(stop)
+    assert it.interrogate(image, "fast", caption="x").prompt   # usable afterwards; the lock was released
+
+
+def test_from_app_model_paths(models_dir, tmp_path, offline, image):
+    from pipelines.models import ModelPaths
+
+    paths = ModelPaths(models_dir=tmp_path / "models", extra_models_dirs=[models_dir.parent])
+    it = Interrogator.from_paths(paths, clip_model=CLIP, caption_model=CAPTION, label_lists=tiny_label_lists())
+    assert it.sources.dirs == [tmp_path / "models" / "interrogate", models_dir]
+    assert it.cache.dir == tmp_path / "models" / "interrogate" / ".cache"
+    assert it.interrogate(image, "classic").prompt
+    assert (it.cache.dir / f"{CLIP}__flavors.safetensors").is_file()
+    assert ".cache" not in it.clip_models()
+    with_cache = Interrogator.from_paths(ModelPaths(models_dir=tmp_path / "m", cache_dir=tmp_path / "c"))
+    assert with_cache.cache.dir == tmp_path / "c" / "interrogate"
+
+
 # ---------------------------------------------------------------------- memory
 
 def test_unload_frees_the_models(make, image):

@@ -5,6 +5,7 @@ Only 127.0.0.1 is used: with --listen the app binds 0.0.0.0 and still answers on
 """
 from __future__ import annotations
 
+import importlib.util
 import re
 
 import requests
@@ -40,8 +41,22 @@ def login(url: str, user: str, password: str) -> requests.Session:
     return s
 
 
+HAS_API = importlib.util.find_spec("webui.api") is not None
+API_PATH = "sdapi/v1/sd-models"
+
+
+def assert_api_protected(url: str, user: str, password: str):
+    """/sdapi/v1 answers 401 (asking for HTTP Basic) without or with wrong credentials, 200 with them."""
+    if not HAS_API:
+        return
+    r = requests.get(url + API_PATH, timeout=10)
+    assert r.status_code == 401 and r.headers.get("www-authenticate") == "Basic", r.status_code
+    assert requests.get(url + API_PATH, auth=(user, password + "x"), timeout=10).status_code == 401
+    assert requests.get(url + API_PATH, auth=(user, password), timeout=10).status_code == 200
+
+
 def test_listen_without_auth_generates_a_password(tmp_path):
-    with start(tmp_path, "--listen") as app:
+    with start(tmp_path, "--listen", "--api") as app:
         assert app.wait_for("Startup time")
         out = app.output
         found = re.findall(r"user 'admin' with password: (\S+)", out)
@@ -56,14 +71,16 @@ def test_listen_without_auth_generates_a_password(tmp_path):
         session = login(app.url, "admin", password)
         assert session.get(app.url + "config", timeout=10).status_code == 200
         assert session.get(app.url + "gradio_api/info", timeout=10).status_code == 200
+        assert_api_protected(app.url, "admin", password)
 
 
 def test_auth_protects_ui_and_api(tmp_path):
     auth_file = tmp_path / "users.txt"
     auth_file.write_text("bob:b0b-secret\n# comment\n")
-    with start(tmp_path, "--auth", "alice:pa:ss", "--auth-file", str(auth_file)) as app:
+    with start(tmp_path, "--api", "--auth", "alice:pa:ss", "--auth-file", str(auth_file)) as app:
         assert "password:" not in app.output   # nothing generated when credentials are given
         assert_protected(app.url)
+        assert_api_protected(app.url, "bob", "b0b-secret")
         for user, pw in (("alice", "pa:ss"), ("bob", "b0b-secret")):
             assert login(app.url, user, pw).get(app.url + "config", timeout=10).status_code == 200
         r = requests.post(app.url + "login", data={"username": "alice", "password": "b0b-secret"}, timeout=10)
@@ -71,12 +88,14 @@ def test_auth_protects_ui_and_api(tmp_path):
 
 
 def test_only_insecure_no_auth_runs_open(tmp_path):
-    with start(tmp_path, "--listen", "--insecure-no-auth") as app:
+    with start(tmp_path, "--listen", "--insecure-no-auth", "--api") as app:
         app.wait_for("Startup time")
         assert "NO password" in app.output
         assert "password:" not in app.output
         assert requests.get(app.url + "config", timeout=10).status_code == 200
         assert requests.get(app.url + "gradio_api/info", timeout=10).status_code == 200
+        if HAS_API:
+            assert requests.get(app.url + API_PATH, timeout=10).status_code == 200
 
 
 def test_bad_auth_value_is_refused_clearly(tmp_path):

@@ -3,8 +3,11 @@
     router = create_api_router(services, access=access)   # webui/server.py includes it before the UI
 
 Existing A1111 clients (the `webuiapi` package, Krita plugins, bots) work unchanged: the routes, field
-names and response shapes are A1111's. Generation, model switches and interrogation are jobs on the one
-queue the UI uses (`services.queue`); the handlers wait for their job without holding a thread.
+names and response shapes are A1111's (and sd-webui-controlnet's: `alwayson_scripts.controlnet` units,
+`/controlnet/model_list`, `/controlnet/module_list`). Generation, model switches and interrogation are
+jobs on the one queue the UI uses (`services.queue`); the handlers wait for their job without holding a
+thread. Features this build lacks answer with empty lists (upscaler models, face restorers, hypernetworks,
+selectable scripts) or 501 (deepdanbooru).
 
 Modules: `api_models` (pydantic schemas; the generation request schema is generated from
 `pipelines.params.PARAMS`), `api_generation` (request mapping and the generation job), `api_options`
@@ -142,7 +145,7 @@ class ApiState:
     # ------------------------------------------------------------------ styles (A1111's styles.csv)
     def styles(self):
         """The prompt styles of `<data dir>/styles.csv` (reread when the file changes); None without support."""
-        existing = getattr(self.services, "styles", None)
+        existing = getattr(self.services, "styles", None) or getattr(self.services.engine, "styles", None)
         if existing is not None:
             return existing
         try:
@@ -162,6 +165,21 @@ class ApiState:
                 if self._styles.load_error:
                     log.warning("%s", self._styles.load_error)
             return self._styles
+
+    # ------------------------------------------------------------------ ControlNet, LoRA, embeddings
+    def controlnet_supported(self) -> bool:
+        """The engine takes ControlNet units and the manager knows the ControlNet models."""
+        import inspect
+
+        if getattr(self.services.manager, "controlnets", None) is None:
+            return False
+        try:
+            return "controlnet" in inspect.signature(self.services.engine.txt2img).parameters
+        except (TypeError, ValueError):
+            return False
+
+    def networks(self):
+        return getattr(self.services.engine, "networks", None)
 
     # ------------------------------------------------------------------ queue
     async def run(self, fn: Callable, label: str) -> Any:
@@ -489,11 +507,29 @@ def create_api_router(services, access=None) -> APIRouter:
 
     @route("/embeddings", ["GET"], response_model=M.EmbeddingsResponse)
     def get_embeddings():
-        return {"loaded": {}, "skipped": {}}
+        networks = state.networks()
+        if networks is None:
+            return {"loaded": {}, "skipped": {}}
+        return _embeddings(networks, manager.active)
 
     @route("/loras", ["GET"], response_model=list[M.LoraItem])
     def get_loras():
-        return []
+        networks = state.networks()
+        if networks is None:
+            return []
+        return [{"name": nf.name, "alias": nf.alias, "path": str(nf.path), "metadata": _safetensors_metadata(nf.path)}
+                for nf in networks.lora_files()]
+
+    @route("/refresh-loras", ["POST"])
+    def refresh_loras():
+        networks = state.networks()
+        if networks is not None:
+            networks.refresh()
+        return None
+
+    @route("/refresh-embeddings", ["POST"])
+    def refresh_embeddings():
+        return refresh_loras()
 
     @route("/hypernetworks", ["GET"], response_model=list[M.HypernetworkItem])
     def get_hypernetworks():
@@ -509,7 +545,8 @@ def create_api_router(services, access=None) -> APIRouter:
 
     @route("/scripts", ["GET"], response_model=M.ScriptsList)
     def get_scripts():
-        return {"txt2img": [], "img2img": []}
+        alwayson = ["controlnet"] if state.controlnet_supported() else []
+        return {"txt2img": list(alwayson), "img2img": list(alwayson)}
 
     @route("/script-info", ["GET"], response_model=list[dict[str, Any]])
     def get_script_info():
@@ -563,16 +600,78 @@ def create_api_router(services, access=None) -> APIRouter:
         return {}
 
     # ------------------------------------------------------------------ ControlNet (sd-webui-controlnet routes)
+    @router.get("/controlnet/version", tags=["controlnet"])
+    def controlnet_version():
+        if not state.controlnet_supported():
+            raise _error(501, None, "ControlNet is not available in this build")
+        return {"version": 2}
+
     @router.get("/controlnet/model_list", response_model=M.ControlNetModelList, tags=["controlnet"])
     def controlnet_model_list(update: bool = True):
-        return {"model_list": []}
+        if not state.controlnet_supported():
+            return {"model_list": []}
+        registry_ = manager.controlnets.registry
+        if update:
+            registry_.refresh()
+        return {"model_list": [cf.title for cf in registry_.models]}
 
     @router.get("/controlnet/module_list", response_model=M.ControlNetModuleList, tags=["controlnet"])
     def controlnet_module_list(alias_names: bool = False):
-        return {"module_list": [], "module_detail": {}}
+        if not state.controlnet_supported():
+            return {"module_list": [], "module_detail": {}}
+        from pipelines.preprocessors import PREPROCESSORS, preprocessor_names
+
+        names = preprocessor_names()
+        return {"module_list": names, "module_detail": {n: _module_detail(PREPROCESSORS[n]) for n in names}}
 
     router.api_state = state  # tests and other front ends can reach the options
     return router
+
+
+# ---------------------------------------------------------------------------------------------- lists
+
+def _safetensors_metadata(path: Path) -> dict:
+    """A LoRA's training metadata (the safetensors header's __metadata__), as A1111 lists it."""
+    if path.suffix.lower() != ".safetensors":
+        return {}
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception:  # noqa: BLE001 - an unreadable file has no metadata to show
+        return {}
+
+
+def _embeddings(networks, active) -> dict:
+    """A1111's embeddings list: loaded = usable with the active checkpoint's text encoder(s)."""
+    encoders = []
+    if active is not None:
+        from pipelines.networks import TEXT_ENCODERS
+
+        encoders = [(c, getattr(active.pipe, c)) for c in TEXT_ENCODERS if getattr(active.pipe, c, None) is not None]
+    out: dict[str, dict] = {"loaded": {}, "skipped": {}}
+    for nf in networks.embedding_files():
+        try:
+            emb = networks.embedding(nf)
+        except Exception as err:  # noqa: BLE001 - a broken file is left out of the list, with a log line
+            log.warning("embedding %s: %s", nf.rel, err)
+            continue
+        vec = next(iter(emb.vectors.values()))
+        item = {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": int(vec.shape[-1]),
+                "vectors": int(emb.count)}
+        fits = not encoders or emb.for_encoders(encoders) is not None
+        out["loaded" if fits else "skipped"][nf.name] = item
+    return out
+
+
+def _module_detail(pre) -> dict:
+    sliders = []
+    for slider in (pre.resolution, pre.threshold_a, pre.threshold_b):
+        if slider is not None:
+            sliders.append({"name": slider.label, "value": slider.default, "min": slider.minimum,
+                            "max": slider.maximum, "step": slider.step})
+    return {"model_free": False, "sliders": sliders}   # no model-free (reference-only) modes in this build
 
 
 # ---------------------------------------------------------------------------------------------- memory

@@ -3,9 +3,11 @@
 The request object comes from `pipelines.params.make_request` (the same validation the UI uses); this
 module only maps what is particular to A1111's API: `override_settings` (checkpoint, VAE, clip skip for
 one request, restored afterwards unless asked not to), legacy names and spellings (`sampler_index`,
-lower-case schedule names, sizes not a multiple of 8), `alwayson_scripts` this build lacks (ignored and
-reported in `info.warnings`), saving only with `save_images`, and A1111's response (`images` as base64
-with the infotext embedded, `parameters`, `info` as a JSON string).
+lower-case schedule names, sizes not a multiple of 8), ControlNet units in sd-webui-controlnet's format
+(`alwayson_scripts.controlnet.args`; other always-on scripts this build lacks are ignored and reported in
+`info.warnings`), saving only with `save_images`, and A1111's response (`images` as base64 with the
+infotext embedded, `parameters`, `info` as a JSON string). Styles, LoRA tags and embeddings are the
+engine's (the request's `styles`; `<data dir>/styles.csv` when the app configured no styles database).
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_REQUEST_PIXELS = 2 * MAX_IMAGE_PIXELS     # all init images + mask of one img2img request
+MAX_REQUEST_PIXELS = 2 * MAX_IMAGE_PIXELS     # all images of one request: init images, mask, ControlNet units
 SIZE_FIELDS = ("width", "height", "hr_resize_x", "hr_resize_y")
 _SCHEDULE_KEYS = {name.lower().replace(" ", "_"): name for name in samplers.SCHEDULE_NAMES}
 _SCHEDULE_KEYS.update({name.lower(): name for name in samplers.SCHEDULE_NAMES})
@@ -64,6 +66,7 @@ class PreparedRequest:
     styles: list[str] = field(default_factory=list)
     images: list = field(default_factory=list)      # img2img: decoded init images (PIL)
     mask: Any = None                                # img2img: decoded mask (PIL) or None
+    controlnet: list | None = None                  # enabled ControlNetUnits
 
 
 def prepare(state: "ApiState", body, mode: str) -> PreparedRequest:
@@ -102,27 +105,26 @@ def prepare(state: "ApiState", body, mode: str) -> PreparedRequest:
         else:
             warnings.append(f"{where} is not supported by this build and was ignored")
 
+    if not values.get("sd_model_checkpoint") and state.services.manager.active is None and state.last_checkpoint:
+        values["sd_model_checkpoint"] = state.last_checkpoint   # after unload-checkpoint: load it again (A1111)
     if values.get("sd_model_checkpoint"):
         values["sd_model_checkpoint"] = state.find_checkpoint(values["sd_model_checkpoint"], "sd_model_checkpoint").title
     if values.get("sd_vae"):
         values["sd_vae"] = state.check_vae(values["sd_vae"], "sd_vae")
 
     styles = [s for s in (given.get("styles") or []) if s]
-    if styles:
-        db = state.styles()
-        if db is None:
-            warnings.append(f"prompt styles are not available in this build; ignored: {', '.join(styles)}")
-        else:
-            prompt, negative, style_warnings = db.apply(values.get("prompt", ""), values.get("negative_prompt", ""),
-                                                        styles)
-            values["prompt"], values["negative_prompt"] = prompt, negative
-            warnings += style_warnings
-    for name in (given.get("alwayson_scripts") or {}):
-        if name.lower() == "controlnet":
+    if styles and "styles" not in BY_NAME:
+        warnings.append(f"prompt styles are not available in this build; ignored: {', '.join(styles)}")
+    budget = [MAX_REQUEST_PIXELS]    # all images of one request together (init images, mask, ControlNet)
+    units = None
+    for name, script in (given.get("alwayson_scripts") or {}).items():
+        if name.lower() != "controlnet":
+            warnings.append(f"alwayson_scripts.{name}: no such script in this build; ignored")
+        elif not state.controlnet_supported():
             warnings.append("alwayson_scripts.controlnet: ControlNet is not available in this build; "
                             "its units were ignored")
         else:
-            warnings.append(f"alwayson_scripts.{name}: no such script in this build; ignored")
+            units = controlnet_units(state, script, budget)
     script = given.get("script_name")
     if script:
         raise ParameterError("script_name", f"script {script!r} not found; this build has no selectable scripts")
@@ -133,24 +135,61 @@ def prepare(state: "ApiState", body, mode: str) -> PreparedRequest:
                                send_images=given.get("send_images", True) is not False,
                                save_images=bool(given.get("save_images", False)),
                                restore=given.get("override_settings_restore_afterwards", True) is not False,
-                               warnings=warnings, styles=styles)
+                               warnings=warnings, styles=styles, controlnet=units)
     if mode == "img2img":
-        _decode_inputs(prepared, given)
+        _decode_inputs(prepared, given, budget)
+    for name, script in (parameters.get("alwayson_scripts") or {}).items():
+        if name.lower() == "controlnet" and isinstance(script, dict) and isinstance(script.get("args"), list):
+            for unit in script["args"]:
+                if isinstance(unit, dict) and unit.get("image"):
+                    unit["image"] = None      # not echoed back: images can be megabytes
     return prepared
 
 
-def _decode_inputs(prepared: PreparedRequest, given: dict[str, Any]) -> None:
+def controlnet_units(state: "ApiState", script: Any, budget: list[int]):
+    """sd-webui-controlnet's `{"args": [unit, ...]}` → checked ControlNetUnits (None when none is enabled).
+
+    Unit images are decoded here (bounded like init images); model names are looked up among the
+    discovered ControlNets (404 otherwise), never opened as paths."""
+    from pipelines.controlnet import units_from_api
+
+    args = script.get("args", []) if isinstance(script, dict) else script
+    if args is None:
+        return None
+    if not isinstance(args, (list, tuple)):
+        raise ParameterError("alwayson_scripts.controlnet.args", "expected a list of ControlNet units")
+
+    def decode(data: str):
+        image = decode_image(data, "alwayson_scripts.controlnet.image", budget=budget[0])
+        budget[0] -= image.width * image.height
+        return image
+
+    try:
+        units = units_from_api(args, decode)
+    except ParameterError as err:
+        raise ParameterError(f"alwayson_scripts.{err.field}", str(err).split(": ", 1)[-1]) from None
+    registry = state.services.manager.controlnets.registry
+    for i, unit in enumerate(units):
+        if unit.enabled and unit.has_model:
+            try:
+                unit.model = registry.find(unit.model).title
+            except UserError as err:
+                raise NotFound(f"alwayson_scripts.controlnet[{i}].model", str(err)) from None
+    units = [u for u in units if u.enabled]
+    return units or None
+
+
+def _decode_inputs(prepared: PreparedRequest, given: dict[str, Any], budget: list[int]) -> None:
     """init_images / mask (base64) → PIL, each bounded and all of them together bounded."""
     encoded = given.get("init_images") or []
     if not encoded:
         raise ParameterError("init_images", "img2img needs at least one init image (base64)")
-    budget = MAX_REQUEST_PIXELS     # checked from each header before decoding: no decompression bombs
-    for i, data in enumerate(encoded):
-        image = decode_image(data, f"init_images.{i}", budget=budget)
-        budget -= image.width * image.height
+    for i, data in enumerate(encoded):   # sizes checked from each header before decoding
+        image = decode_image(data, f"init_images.{i}", budget=budget[0])
+        budget[0] -= image.width * image.height
         prepared.images.append(image)
     if given.get("mask"):
-        prepared.mask = decode_image(given["mask"], "mask", budget=budget)
+        prepared.mask = decode_image(given["mask"], "mask", budget=budget[0])
     if not given.get("include_init_images"):
         prepared.parameters["init_images"] = None
         prepared.parameters["mask"] = None
@@ -165,6 +204,8 @@ def api_engine(state: "ApiState", mode: str):
     every = state.store.get("show_progress_every_n_steps")
     engine.preview_every = max(0, every) if state.store.get("live_previews_enable") else 0
     engine.saver_grid = state.store.get("grid_save")
+    if getattr(engine, "styles", False) is None:    # no styles database configured: <data dir>/styles.csv
+        engine.styles = state.styles()
     return engine
 
 
@@ -180,10 +221,12 @@ def job_function(state: "ApiState", prepared: PreparedRequest):
             before_vae = before.vae_name if before is not None else None
             stamp = datetime.now().strftime("%Y%m%d%H%M%S")
             try:
+                extra = {"controlnet": prepared.controlnet} if prepared.controlnet else {}
                 if prepared.mode == "txt2img":
-                    result = engine.txt2img(req, control, save=prepared.save_images)
+                    result = engine.txt2img(req, control, save=prepared.save_images, **extra)
                 else:
-                    result = engine.img2img(req, prepared.images, prepared.mask, control, save=prepared.save_images)
+                    result = engine.img2img(req, prepared.images, prepared.mask, control, save=prepared.save_images,
+                                            **extra)
                 loaded = manager.active
                 meta = {"sd_model_name": loaded.info.model_name if loaded else None,
                         "sd_model_hash": loaded.info.shorthash if loaded else None,

@@ -14,6 +14,7 @@ import warnings
 from PIL import Image, UnidentifiedImageError
 
 from pipelines import image_metadata
+from pipelines.errors import UserError
 
 # 4096 x 4096: any init image or mask a generation can use (the output limit is 2048 x 2048), with room
 # for photos that are resized first; about 64 MB once decoded as RGBA.
@@ -23,7 +24,7 @@ _DATA_URL = re.compile(r"^data:[\w/+.-]*(;[\w=.+-]+)*,", re.IGNORECASE)
 _WHITESPACE = re.compile(r"\s+")
 
 
-class ImageInputError(ValueError):
+class ImageInputError(UserError):
     """A request image that cannot be used; `status` is the HTTP status to answer with."""
 
     def __init__(self, field: str, message: str, status: int = 422):

@@ -115,7 +115,7 @@ def _generation_model(name: str, mode: str, extra: dict[str, tuple[Any, Any]]) -
 Txt2ImgRequest = _generation_model("StableDiffusionProcessingTxt2Img", "txt2img", _common_api_fields())
 Img2ImgRequest = _generation_model("StableDiffusionProcessingImg2Img", "img2img",
                                    {**_img2img_fields(), **_common_api_fields()})
-API_ONLY_FIELDS = frozenset(_common_api_fields()) | frozenset(_img2img_fields())
+API_ONLY_FIELDS = frozenset(k for k in (*_common_api_fields(), *_img2img_fields()) if k not in BY_NAME)
 
 
 class GenerationResponse(BaseModel):

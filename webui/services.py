@@ -16,6 +16,8 @@ from pipelines.manager import PipelineManager
 from pipelines.models import ModelPaths, ModelRegistry
 from pipelines.outputs import OutputSaver
 from pipelines.params import GenerationRequest
+from pipelines.presets import PRESETS_DIR, PresetStore
+from pipelines.styles import StyleDatabase
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,8 @@ class Services:
     engine: Engine
     queue: JobQueue
     saver: OutputSaver
+    styles: StyleDatabase | None = None     # <data-dir>/styles.csv (A1111's file); also engine.styles
+    presets: PresetStore | None = None      # presets/ (shipped + user-saved; defaults.json = UI start-up values)
 
     def submit_txt2img(self, req: GenerationRequest, *, save: bool = True) -> Job:
         """Queue a txt2img job; `job.wait()` gives a GenerationResult."""
@@ -55,6 +59,8 @@ def create_services(args: argparse.Namespace, *, config_root: Path | None = None
     manager = PipelineManager(registry, policy=policy, cache_size=args.ckpt_cache, config_root=config_root,
                               sd2_prediction=args.sd2_prediction)
     saver = OutputSaver(args.outdir)
-    engine = Engine(manager, saver)
+    styles = StyleDatabase(data / "styles.csv")
+    engine = Engine(manager, saver, styles=styles)
+    presets = PresetStore(PRESETS_DIR, networks=engine.networks)
     queue = JobQueue(policy.device).start()
-    return Services(args, paths, registry, manager, engine, queue, saver)
+    return Services(args, paths, registry, manager, engine, queue, saver, styles, presets)

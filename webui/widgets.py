@@ -67,6 +67,8 @@ def make_widget(param: Param | str, *, elem_prefix: str = "", **overrides: Any):
         if getattr(p, "max_length", None):
             kw["max_length"] = p.max_length
     kw.update(overrides)
+    if kind == "dropdown" and kw.get("value") == "" and "" not in (kw.get("choices") or []):
+        kw["value"] = None   # "" means "none chosen" (e.g. the active checkpoint): an empty dropdown
     return cls(**kw)
 
 

@@ -108,7 +108,22 @@ class InterrogatorCounters:
 
 
 class Interrogator:
-    """Caption + CLIP interrogation. Thread-safe: one job at a time (`lock`)."""
+    """Caption + CLIP interrogation. Thread-safe: one job at a time (`lock`).
+
+    model_dirs         folders in the `models/interrogate` layout (first one receives downloads)
+    cache_dir          where label-table embeddings are cached (safetensors)
+    device, dtype      "cpu"/"cuda"/...; dtype None: float16 on CUDA, float32 elsewhere
+    clip_model, caption_model   defaults when a call names none (see `clip_models()`, `caption_models()`)
+    allow_download     False: a missing model is an error naming the file to put where
+    lists_dir          folder of `<table>.txt` files replacing shipped lists; label_lists: final phrases
+                       per table (tests, custom lists)
+    offload_diffusion  on a GPU: called before each job to move the diffusion checkpoint off the device;
+                       a callable it returns is called after the job
+    keep_on_device     False: models go back to the CPU after each job
+    low_vram           only one of the two models on the device at a time
+    batch_size         texts per text-encoder batch (default 256 on the CPU, 1024 on a GPU)
+    progress           (stage, fraction) listener; raising in it (e.g. `Interrupted`) stops the job
+    """
 
     def __init__(self, model_dirs: Sequence[Path | str] | Path | str, *, cache_dir: Path | str,
                  device: str = "cpu", dtype: str | None = None,
@@ -146,9 +161,12 @@ class Interrogator:
 
     @classmethod
     def from_paths(cls, paths, **kwargs) -> "Interrogator":
-        """From the app's `pipelines.models.ModelPaths`: models/interrogate (+ A1111 folders); the label
-        embedding cache goes to `<cache dir or models dir>/interrogate`. kwargs go to the constructor."""
-        kwargs.setdefault("cache_dir", Path(paths.cache_dir or paths.models_dir) / "interrogate")
+        """From the app's `pipelines.models.ModelPaths`: models in `models/interrogate` (+ the A1111
+        folders given); label embeddings cached in `<cache_dir>/interrogate`, or without a cache dir in
+        `models/interrogate/.cache`. kwargs go to the constructor."""
+        if "cache_dir" not in kwargs:
+            kwargs["cache_dir"] = (Path(paths.cache_dir) / "interrogate" if paths.cache_dir
+                                   else Path(paths.models_dir) / "interrogate" / ".cache")
         return cls(paths.dirs("interrogate"), **kwargs)
 
     # ------------------------------------------------------------------ progress
@@ -323,7 +341,7 @@ class Interrogator:
         with self.lock:
             clip = self.load_clip(clip_model)
             lists = self.label_lists([n for n in names if n not in self._tables])
-            for i, (name, phrases) in enumerate(lists.items()):
+            for name, phrases in lists.items():
                 stage = f"embedding {name} ({len(phrases)} phrases) for {clip.name}"
 
                 def encode(texts, stage=stage):

@@ -122,7 +122,7 @@ class LabelTable:
             return []
         s = self.scores(image_features)
         k = min(top_count, len(self.labels))
-        values, idx = torch.topk(-s if reverse else s, k)
+        _, idx = torch.topk(-s if reverse else s, k)
         return [(self.labels[i], float(s[i])) for i in idx.tolist()]
 
 
