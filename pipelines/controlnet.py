@@ -919,9 +919,6 @@ class ControlJob:
     @property
     def nets(self):
         if self._nets is None:
-            # diffusers switches the whole call to guess mode when its first net pools globally (shuffle);
-            # a non-pooling net goes first so per-unit modes stay in charge.
-            self.units.sort(key=lambda a: bool(a.net.config.global_pool_conditions))
             self._nets = unit_controlnets([a.net for a in self.units], [a.unit.control_mode for a in self.units])
         return self._nets
 
@@ -948,8 +945,9 @@ class ControlJob:
         return kwargs
 
     def maps(self, width: int, height: int) -> list:
-        """The detected maps as used (A1111 shows them after the images)."""
-        return list(self.control_images(width, height))
+        """The detected maps as used, in unit order (A1111 shows them after the images)."""
+        images = self.control_images(width, height)
+        return [im for _, im in sorted(zip((a.index for a in self.units), images), key=lambda p: p[0])]
 
     def infotext(self) -> dict[str, str]:
         return {f"ControlNet {a.index}": unit_infotext(a.unit, a.model.title)
@@ -1006,6 +1004,9 @@ def prepare_job(manager: PipelineManager, units: Sequence[ControlNetUnit] | None
         applied.append(AppliedUnit(i, unit, cf, det))
     for a in applied:
         a.net = cache.get(a.model)
+    # diffusers switches the whole call to guess mode when its *first* net pools globally (shuffle models):
+    # a non-pooling net goes first so that each unit's own control mode stays in charge.
+    applied.sort(key=lambda a: bool(a.net.config.global_pool_conditions))
     return ControlJob(manager, applied, notices)
 
 

@@ -321,10 +321,22 @@ class Engine:
             kwargs.update(pooled_prompt_embeds=cond.pooled.repeat(batch, 1),
                           negative_pooled_prompt_embeds=uncond.pooled.repeat(batch, 1))
         changing = len(cond_sched) > 1 or len(uncond_sched) > 1
-        tensor_inputs = ["latents"] + (["prompt_embeds"] + (["add_text_embeds"] if sdxl else []) if changing else [])
+        # CFG cut-off: after this fraction of steps the unconditional pass is dropped (about half the UNet
+        # work). Pipelines that duplicate other inputs for CFG before the loop (ControlNet images, 9-channel
+        # inpainting masks) cannot change batch mid-way, so there it is not applied.
+        cutoff = req.cfg_cutoff if req.cfg_cutoff < 1 and req.cfg_scale > 1 and mask is None \
+            and not loaded.arch.inpaint and not (cn is not None and cn.active) else None
+        swaps = changing or cutoff is not None
+        tensor_inputs = ["latents"] + (["prompt_embeds"] + (["add_text_embeds", "add_time_ids"] if sdxl else [])
+                                       if swaps else [])
 
         def on_step_end(p, i, t, cb_kwargs):
             out = {}
+            if cutoff is not None and p.do_classifier_free_guidance and i + 1 >= cutoff * p.num_timesteps:
+                p._guidance_scale = 0.0  # diffusers' documented way to stop CFG from a step-end callback
+                for name in ("prompt_embeds", "add_text_embeds", "add_time_ids"):
+                    if name in cb_kwargs:
+                        out[name] = cb_kwargs[name].chunk(2)[1]
             if changing:
                 c, u = embeds_at(i + 1)
                 cfg = p.do_classifier_free_guidance

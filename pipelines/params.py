@@ -166,6 +166,9 @@ PARAMS: tuple[Param, ...] = (
     Param("denoising_strength", float, 0.7, "Denoising strength", "Denoising strength", 0.0, 1.0, 0.01,
           group="hires", write_if=_always,
           doc="img2img: steps run = int(steps x strength); txt2img: the hires pass (written only with hires fix)"),
+    Param("cfg_cutoff", float, 1.0, "CFG cut-off", "CFG cut-off", 0.0, 1.0, 0.05, group="sampling",
+          doc="fraction of steps after which classifier-free guidance stops (1 = never); the remaining steps "
+              "run the UNet once instead of twice"),
     Param("clip_skip", int, 1, "Clip skip", "Clip skip", 1, 12, 1, group="sampling", write_if=_clip_skip_written),
     Param("eta", float, 0.0, "Eta (DDIM / ancestral noise)", "Eta", 0.0, 1.0, 0.01, group="sampling"),
     Param("batch_size", int, 1, "Batch size", None, 1, 8, 1, group="batch"),

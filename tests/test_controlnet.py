@@ -109,6 +109,9 @@ def test_one_unit_generates_and_writes_infotext(sd1):
     assert (f'ControlNet 0: "Module: canny, Model: {title}, Weight: 1.0, Resize Mode: Crop and Resize, '
             'Processor Res: 512, Threshold A: 50.0, Threshold B: 120.0, Guidance Start: 0.0, Guidance End: 1.0, '
             'Pixel Perfect: False, Control Mode: Balanced"') in res.infotexts[0]
+    hires = engine.txt2img(_req(enable_hr=True, hr_scale=1.5, denoising_strength=0.5), save=False,
+                           controlnet=[unit])                    # the hires pass is controlled too (img2img twin)
+    assert hires.images[0].size == (96, 96) and "controlnet:img2img" in sd1.active.modes
     # disabled units change nothing: the plain pipeline, same image
     off = engine.txt2img(_req(), save=False, controlnet=[ControlNetUnit(enabled=False, model="tiny-cn-sd1")])
     assert np.array_equal(_arr(off.images[0]), _arr(plain.images[0])) and "ControlNet" not in off.infotexts[0]
@@ -232,3 +235,27 @@ def test_broken_controlnet_file_is_a_clear_error(make_manager, tiny_models, tiny
     with pytest.raises(UserError, match="truncated"):
         Engine(manager).txt2img(_req(), save=False,
                                 controlnet=[ControlNetUnit(image=_image(), module="none", model="cut")])
+
+
+def test_control_modes_as_sd_webui_controlnet():
+    """Balanced: full residuals on both CFG halves; prompt more important: soft (0.1 → 1) scales on both;
+    ControlNet more important: soft scales, conditional half only."""
+    from bench.synth import tiny_controlnet
+    from pipelines.controlnet import CONTROL_MODES, unit_controlnets
+
+    net = tiny_controlnet("sd1", seed=5)
+    torch.manual_seed(0)
+    sample, hint = torch.randn(2, 4, 8, 8), torch.rand(2, 3, 64, 64)
+    context = torch.randn(2, 77, 32)
+    out = {}
+    for mode in CONTROL_MODES:
+        nets = unit_controlnets([net], [mode])
+        nets.uncond_in_batch = True
+        with torch.no_grad():
+            out[mode] = nets(sample, 500, context, [hint], [1.0])
+    (bal_down, bal_mid), (soft_down, soft_mid), (ctl_down, ctl_mid) = (out[m] for m in CONTROL_MODES)
+    assert all(d[0].abs().sum() > 0 for d in bal_down)                              # uncond half steered
+    assert torch.allclose(soft_down[0], bal_down[0] * 0.1, atol=1e-6)               # shallowest: x0.1
+    assert torch.allclose(soft_mid, bal_mid, atol=1e-6)                             # middle block: x1
+    assert all((d[0] == 0).all() and torch.allclose(d[1], s[1]) for d, s in zip(ctl_down, soft_down))
+    assert (ctl_mid[0] == 0).all() and torch.allclose(ctl_mid[1], soft_mid[1])

@@ -1,0 +1,74 @@
+"""Speed/memory options: CFG cut-off does what it says; memory does not grow across many jobs/switches."""
+from __future__ import annotations
+
+import gc
+
+import psutil
+import pytest
+
+from pipelines.generation import Engine
+from pipelines.params import make_request
+
+from conftest import FILES
+
+
+def _unet_batches(manager, **kw):
+    batches = []
+    unet = manager.pipeline().unet
+    handle = unet.register_forward_pre_hook(lambda mod, args: batches.append(args[0].shape[0]))
+    try:
+        values = {"prompt": "a cat", "negative_prompt": "dog", "width": 64, "height": 64, "seed": 5, **kw}
+        result = Engine(manager).txt2img(make_request(values), save=False)
+    finally:
+        handle.remove()
+    return batches, result
+
+
+@pytest.mark.parametrize("arch", ["sd1", "sdxl"])
+def test_cfg_cutoff_drops_the_unconditional_pass(make_manager, arch):
+    manager = make_manager()
+    manager.load(FILES[arch])
+    full, base = _unet_batches(manager, steps=4, sampler_name="Euler")
+    cut, result = _unet_batches(manager, steps=4, sampler_name="Euler", cfg_cutoff=0.5)
+    assert full == [2, 2, 2, 2]
+    assert cut == [2, 2, 1, 1]
+    assert result.images[0].size == (64, 64)
+    assert result.images[0].tobytes() != base.images[0].tobytes()
+    assert "CFG cut-off: 0.5" in result.infotexts[0]
+    again, _ = _unet_batches(manager, steps=4, sampler_name="Euler")  # the pipeline is not left without CFG
+    assert again == [2, 2, 2, 2]
+
+
+def test_cfg_cutoff_with_prompt_editing(make_manager):
+    manager = make_manager()
+    manager.load(FILES["sd1"])
+    batches, result = _unet_batches(manager, prompt="[cat:dog:1]", steps=4, sampler_name="Euler", cfg_cutoff=0.25)
+    assert batches == [2, 1, 1, 1] and result.images
+
+
+def _rss_mb() -> float:
+    gc.collect()
+    return psutil.Process().memory_info().rss / 1e6
+
+
+def test_memory_does_not_grow_over_generations_and_switches(make_manager):
+    manager = make_manager(cache_size=1)
+    manager.load(FILES["sd1"])
+    engine = Engine(manager)
+    req = make_request(prompt="a cat", steps=1, width=64, height=64, seed=1)
+    for _ in range(5):  # warm-up: allocator pools, lazily built pipelines
+        engine.txt2img(req, save=False)
+    before = _rss_mb()
+    for i in range(50):
+        engine.txt2img(req.replace(seed=i), save=False)
+    after_generations = _rss_mb()
+    for _ in range(2):
+        manager.load(FILES["sdxl"])
+        manager.load(FILES["sd1"])
+    before_switches = _rss_mb()
+    for _ in range(10):
+        manager.load(FILES["sdxl"] if manager.active.info.name == FILES["sd1"] else FILES["sd1"])
+    after_switches = _rss_mb()
+    assert after_generations - before < 60, (before, after_generations)
+    assert after_switches - before_switches < 80, (before_switches, after_switches)
+    assert len(manager.loaded_titles) == 1
