@@ -16,6 +16,7 @@ class DevicePolicy:
     vae_dtype_name: str    # the VAE stays in fp32 under fp16: SD VAEs overflow to NaN in fp16
     attention: str         # "xformers" or "sdpa"
     lowvram: bool = False
+    compile: bool = False  # torch.compile the UNet (kernels cached on disk by Inductor across runs)
 
     @property
     def dtype(self):
@@ -31,7 +32,7 @@ class DevicePolicy:
 
     def describe(self) -> str:
         return f"device={self.device} dtype={self.dtype_name} vae={self.vae_dtype_name} attention={self.attention}" + (
-            " lowvram" if self.lowvram else "")
+            " lowvram" if self.lowvram else "") + (" compile" if self.compile else "")
 
 
 def pick_device(requested: str | None = None) -> str:
@@ -91,7 +92,7 @@ def xformers_works(device: str) -> bool:
 
 
 def make_policy(device: str | None = None, precision: str = "auto", attention: str = "auto",
-                lowvram: bool = False) -> DevicePolicy:
+                lowvram: bool = False, compile: bool = False) -> DevicePolicy:
     dev = pick_device(device)
     dtype = pick_dtype(dev, precision)
     vae_dtype = "float32" if dtype == "float16" else dtype
@@ -103,6 +104,7 @@ def make_policy(device: str | None = None, precision: str = "auto", attention: s
             attn = "xformers"
         else:
             log.warning("--xformers requested but its kernel does not run on %s; using PyTorch SDPA", dev)
-    policy = DevicePolicy(dev, dtype, vae_dtype, attn, lowvram and dev.startswith("cuda"))
+    policy = DevicePolicy(dev, dtype, vae_dtype, attn, lowvram and dev.startswith("cuda"),
+                          compile and not lowvram)
     log.info("device policy: %s", policy.describe())
     return policy

@@ -128,6 +128,11 @@ class PipelineManager:
 
     def _place(self, loaded: LoadedCheckpoint, device: str) -> None:
         pipe = loaded.pipe
+        if self.policy.compile and device == self.policy.device and not getattr(pipe.unet, "_compiled", False):
+            # In place (nn.Module.compile), so every mode pipeline sharing this UNet runs the compiled one.
+            # The first generation at a new size pays the compilation; Inductor caches kernels on disk.
+            pipe.unet.compile(mode="max-autotune-no-cudagraphs" if self._on_gpu else "default")
+            pipe.unet._compiled = True
         if not self._on_gpu:
             return  # loaded on the CPU in the policy's dtype already: nothing to move
         if device != "cpu" and self.policy.lowvram:

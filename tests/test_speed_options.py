@@ -72,3 +72,21 @@ def test_memory_does_not_grow_over_generations_and_switches(make_manager):
     assert after_generations - before < 60, (before, after_generations)
     assert after_switches - before_switches < 80, (before_switches, after_switches)
     assert len(manager.loaded_titles) == 1
+
+
+def test_compile_flag_compiles_the_shared_unet_once(tiny_models, tmp_path, monkeypatch):
+    import torch
+
+    from pipelines.devices import make_policy
+    from pipelines.manager import PipelineManager
+    from pipelines.models import ModelPaths, ModelRegistry
+
+    calls = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: calls.append((type(self).__name__, kw)))
+    registry = ModelRegistry(ModelPaths(tiny_models.models, cache_dir=tmp_path / "c"))
+    manager = PipelineManager(registry, policy=make_policy("cpu", "fp32", compile=True), config_root=tiny_models.configs)
+    loaded = manager.load(FILES["sd1"])
+    manager.load(FILES["sdxl"])
+    manager.load(FILES["sd1"])  # back from the cache: already compiled
+    assert [c[0] for c in calls] == ["UNet2DConditionModel", "UNet2DConditionModel"]
+    assert manager.pipeline("img2img").unet is loaded.pipe.unet

@@ -55,7 +55,8 @@ def create_services(args: argparse.Namespace, *, config_root: Path | None = None
     paths = ModelPaths(models_dir=data / "models", ckpt_dirs=list(args.ckpt_dir),
                        extra_models_dirs=list(args.models_dir), cache_dir=data / "cache")
     registry = ModelRegistry(paths, hashing=not args.no_hashing)
-    policy = make_policy(args.device, args.precision, "xformers" if args.xformers else "auto", args.lowvram)
+    policy = make_policy(args.device, args.precision, "xformers" if args.xformers else "auto", args.lowvram,
+                         args.compile)
     manager = PipelineManager(registry, policy=policy, cache_size=args.ckpt_cache, config_root=config_root,
                               sd2_prediction=args.sd2_prediction)
     saver = OutputSaver(args.outdir)
