@@ -18,6 +18,7 @@ import torch
 from . import detect, params, samplers
 from .conditioning import Conditioning, PromptEncoder, at_step
 from .errors import Interrupted, Skipped, UserError
+from .hooks import HookRegistry, StepProgress
 from .infotext import build_infotext
 from .jobs import JobControl
 from .manager import PipelineManager
@@ -99,8 +100,10 @@ class Engine:
     """Runs generation requests on a PipelineManager's active checkpoint and saves the results."""
 
     def __init__(self, manager: PipelineManager, saver: OutputSaver | None = None, *, preview_every: int = 5,
-                 styles=None, networks=None):
+                 styles=None, networks=None, hooks: HookRegistry | None = None):
         self.manager = manager
+        # Extensions' hooks (pipelines.hooks), created by the app; an empty registry when none.
+        self.hooks = hooks if hooks is not None else HookRegistry()
         self.saver = saver
         self.preview_every = preview_every
         # Prompt extras (pipelines.prompt_extras): a styles.csv StyleDatabase (None: requests naming styles
@@ -115,8 +118,12 @@ class Engine:
 
     # ------------------------------------------------------------------ public
     def txt2img(self, req: GenerationRequest, control: JobControl | None = None, *, save: bool = True,
-                controlnet: list | None = None) -> GenerationResult:
-        """`controlnet`: ControlNetUnits (pipelines.controlnet); enabled ones steer the generation."""
+                controlnet: list | None = None, hooks: bool = True) -> GenerationResult:
+        """`controlnet`: ControlNetUnits (pipelines.controlnet); enabled ones steer the generation.
+        `hooks`: run extensions' before/after/run_generation hooks around it (pipelines.hooks)."""
+        if hooks:
+            return self.hooks.generation("txt2img", req, lambda r, c: self.txt2img(
+                r, c, save=save, controlnet=controlnet, hooks=False), control=control, save=save, saver=self.saver)
         params.check_request(req)
         start = time.perf_counter()
         with self.manager.lock:
@@ -133,11 +140,15 @@ class Engine:
         return result
 
     def img2img(self, req: GenerationRequest, images, mask=None, control: JobControl | None = None, *,
-                save: bool = True, controlnet: list | None = None) -> GenerationResult:
+                save: bool = True, controlnet: list | None = None, hooks: bool = True) -> GenerationResult:
         """img2img / inpainting from init image(s) and an optional mask; see `pipelines.img2img`.
         `controlnet`: ControlNetUnits; a unit without an image uses the init image."""
         from .img2img import img2img
 
+        if hooks:
+            return self.hooks.generation("img2img", req, lambda r, c: self.img2img(
+                r, images, mask, c, save=save, controlnet=controlnet, hooks=False), control=control, save=save,
+                saver=self.saver)
         return img2img(self, req, images, mask, control, save=save, controlnet=controlnet)
 
     def img2img_batch(self, req: GenerationRequest, input_dir, output_dir=None, mask_dir=None,
@@ -234,7 +245,8 @@ class Engine:
 
     def _finish_image(self, result: GenerationResult, loaded, req, image, seed: int, subseed: int, save: bool,
                       mode: str = "txt2img", masked: bool = False, cn=None, extra: dict | None = None):
-        extra = {**(cn.infotext() if cn is not None and cn.active else {}), **(extra or {})}
+        extra = {**(cn.infotext() if cn is not None and cn.active else {}), **(extra or {}),
+                 **self.hooks.infotext(req, mode)}   # extension parameters (their infotext keys)
         infotext = build_infotext(req.prompt, req.negative_prompt, params.infotext_params(
             req, seed=seed, subseed=subseed, model_hash=loaded.info.shorthash,
             model_name=loaded.info.model_name, vae_name=loaded.vae_name, mode=mode, masked=masked,
@@ -248,6 +260,7 @@ class Engine:
                                                 model_name=loaded.info.model_name,
                                                 extra={"steps": req.steps, "cfg": req.cfg_scale,
                                                        "sampler": req.sampler_name}))
+            self.hooks.after_image_saved(result.paths[-1], infotext)
 
     @staticmethod
     def _hires_size(req: GenerationRequest) -> tuple[int, int] | None:
@@ -346,6 +359,11 @@ class Engine:
                     out["add_text_embeds"] = torch.cat([u.pooled, c.pooled] if cfg else [c.pooled]) \
                         .repeat_interleave(batch, dim=0).to(cb_kwargs["add_text_embeds"].dtype)
             tracker.step(cb_kwargs.get("latents"), i, p.num_timesteps, image0, label)
+            if self.hooks.active("on_step"):
+                stage = label if label in ("txt2img", "hires") else "img2img"
+                self.hooks.on_step(StepProgress("img2img" if stage == "img2img" else "txt2img", stage,
+                                                req, i + 1, p.num_timesteps, image0, tracker.images,
+                                                min(1.0, tracker.done / tracker.total), cb_kwargs.get("latents")))
             return out
 
         accepted = _call_params(pipe)

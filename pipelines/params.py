@@ -231,18 +231,33 @@ def declared_defaults() -> dict[str, Any]:
     return {p.name: p.default for p in PARAMS}
 
 
-def make_request(values: dict[str, Any] | None = None, *, strict: bool = False, **kw) -> GenerationRequest:
+def all_params(extra: Iterable[Param] = (), mode: str | None = None) -> tuple[Param, ...]:
+    """The built-in PARAMS followed by parameters declared by extensions (`extra`, e.g.
+    `HookRegistry.params`), optionally only those of `mode`. The UI widgets and the API schema are
+    derived from this list; extension values travel in `GenerationRequest.extra`."""
+    params = PARAMS + tuple(extra)
+    return params if mode is None else tuple(p for p in params if mode in p.modes)
+
+
+def make_request(values: dict[str, Any] | None = None, *, strict: bool = False,
+                 extra_params: Iterable[Param] = (), **kw) -> GenerationRequest:
     """Validate a mapping of field → value into a request.
 
     Unknown keys are ignored unless `strict` (then ParameterError names the key). Legacy aliases
     (`sampler_index`) map to their field. A combined sampler name ("DPM++ 2M Karras") is split into
-    sampler + schedule type.
+    sampler + schedule type. `extra_params`: parameters declared by extensions; their values (or
+    defaults) go to `request.extra`.
     """
     values = _split_combined_sampler(dict(values or {}, **kw))
+    by_extra = {p.name: p for p in extra_params}
+    extra = {name: p.default for name, p in by_extra.items()}
     out: dict[str, Any] = {}
     for key, value in values.items():
         name = ALIASES.get(key, key)
         param = BY_NAME.get(name)
+        if param is None and key in by_extra:
+            extra[key] = by_extra[key].convert(value)
+            continue
         if param is None:
             if strict:
                 raise ParameterError(key, "unknown parameter")
@@ -250,7 +265,7 @@ def make_request(values: dict[str, Any] | None = None, *, strict: bool = False, 
         if name in out and key != name:
             continue  # the canonical field wins over its legacy alias
         out[name] = param.convert(value)
-    req = GenerationRequest(**out)
+    req = GenerationRequest(**out, extra=extra) if extra else GenerationRequest(**out)
     check_request(req)
     return req
 
@@ -345,13 +360,16 @@ def infotext_params(req: GenerationRequest, *, seed: int | None = None, subseed:
     return {k: v for k, v in ordered.items() if v is not None}
 
 
-def request_values_from_infotext(params: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+def request_values_from_infotext(params: dict[str, str], extra_params: Iterable[Param] = ()
+                                 ) -> tuple[dict[str, Any], dict[str, str]]:
     """Map parsed infotext pairs to request field values; returns (known fields, unknown pairs kept).
 
     Values that do not convert (e.g. a sampler this product lacks) are left in the unknown pairs
-    rather than dropped, so the caller can show them.
+    rather than dropped, so the caller can show them. `extra_params`: extension parameters, read
+    by their infotext keys too (returned under their names).
     """
-    by_key = {p.infotext: p for p in PARAMS if p.infotext}
+    by_key = {p.infotext: p for p in extra_params if p.infotext}
+    by_key.update({p.infotext: p for p in PARAMS if p.infotext})
     by_key["Hires resize-1"] = BY_NAME["hr_resize_x"]
     by_key["Hires resize-2"] = BY_NAME["hr_resize_y"]
     known: dict[str, Any] = {}

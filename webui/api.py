@@ -213,6 +213,7 @@ class ApiState:
 
     # ------------------------------------------------------------------ interrogation
     def interrogator(self):
+        """The app's interrogator (`services.interrogator`), else one made here on first use."""
         existing = getattr(self.services, "interrogator", None)
         if existing is not None:
             return existing
@@ -352,7 +353,8 @@ def create_api_router(services, access=None) -> APIRouter:
         try:
             image = await run_in_threadpool(lambda: decode_image(body.image, "image").convert("RGB"))
             it = await run_in_threadpool(state.interrogator)
-            clip, caption = await run_in_threadpool(state.pick_models, it, body.clip_model, body.caption_model)
+            pick = getattr(services, "interrogate_models", None) or (lambda c, m: state.pick_models(it, c, m))
+            clip, caption = await run_in_threadpool(pick, body.clip_model, body.caption_model)
 
             def work(control):
                 state._interrogate_control = control

@@ -215,7 +215,11 @@ def job_function(state: "ApiState", prepared: PreparedRequest):
     engine = api_engine(state, prepared.mode)
     req = prepared.request
 
+    release = getattr(state.services, "release_interrogator", None)   # generation needs the device
+
     def work(control):
+        if release is not None:
+            release()
         with manager.lock:
             before = manager.active
             before_vae = before.vae_name if before is not None else None

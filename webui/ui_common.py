@@ -6,7 +6,7 @@ import logging
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from pipelines.errors import UserError
 
@@ -107,13 +107,28 @@ def format_seconds(s: float | None) -> str:
 
 @dataclass
 class PasteTarget:
-    """A tab that accepts parameters (and optionally an image) sent from another tab."""
+    """A tab that accepts parameters (and optionally an image) sent from another tab.
 
-    name: str                      # "txt2img", "img2img", ...
+    `fields`: param name → component, filled from an infotext. `image`: the component an image is sent
+    to (None: parameters only); `image_value` turns a file path into that component's value (an image
+    editor takes a dict). `extra`: (component, value) pairs set along with the image (the sub-tab to
+    select, the tab's mode state). `paste_params`: False for a target that takes only the image (PNG Info).
+    """
+
+    name: str                      # "txt2img", "img2img", "inpaint", "pnginfo"
     tab: Any                       # the gr.Tab, selected when something is sent to it
     fields: dict[str, Any]         # param name → component
     image: Any = None              # image input component, for tabs that take one
     tab_id: str = ""
+    image_value: Callable[[str], Any] | None = None
+    extra: list[tuple[Any, Any]] = field(default_factory=list)
+    paste_params: bool = True
+    label: str = ""                # button text after "Send to "
+
+    def value_for(self, path: str | None):
+        if not path:
+            return None
+        return self.image_value(path) if self.image_value else path
 
 
 @dataclass

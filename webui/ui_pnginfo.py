@@ -58,6 +58,60 @@ def paste_values(text: str, fields: dict[str, Any]) -> tuple[dict[str, Any], dic
     return values, unknown
 
 
+# Infotext keys that describe the image rather than set a field: never reported as "not applied".
+INFO_ONLY = ("Model hash", "VAE hash", "Lora hashes", "TI hashes", "Version", "Hashes")
+
+
+def is_info_only(key: str) -> bool:
+    return key in INFO_ONLY or key.startswith("ControlNet")
+
+
+def paste_updates(ctx: "UIContext", target: PasteTarget, text: str | None, image: str | None = None) -> tuple:
+    """Updates for `ctx.paste_outputs(target)`: the tab selected, the checkpoint named by the infotext (when
+    it is among yours), every field the infotext names, then the image and the target's extras."""
+    field_updates = [gr.update() for _ in target.fields]
+    ckpt_update = gr.update()
+    if target.paste_params and target.fields:
+        if not text and image is None:
+            raise gr.Error("No generation parameters to send: drop an image that has them first")
+        if text:
+            ckpt_update, field_updates = _field_updates(ctx, target, text)
+    elif target.image is not None and not image:
+        raise gr.Error("No image to send")
+    out = [gr.Tabs(selected=target.tab_id), ckpt_update, *field_updates]
+    if target.image is not None:
+        out.append(target.value_for(image) if image else gr.update())
+        out += [value for _, value in target.extra]
+    return tuple(out)
+
+
+def _field_updates(ctx: "UIContext", target: PasteTarget, text: str):
+    values, unknown = paste_values(text, target.fields)
+    styles_db = getattr(ctx.services, "styles", None)
+    if "styles" in target.fields and styles_db is not None and values.get("prompt") is not None:
+        # A1111: styles whose texts the prompts contain come back as selected styles, out of the prompts.
+        names, prompt, negative = styles_db.extract_styles_from_prompt(values["prompt"],
+                                                                       values.get("negative_prompt") or "")
+        if names:
+            values.update(prompt=prompt, negative_prompt=negative, styles=names)
+    parsed = parse_infotext(text).params
+    model = None
+    for query in (parsed.get("Model hash"), parsed.get("Model")):
+        if query and not model:
+            model = ctx.find_checkpoint(query)
+    ckpt_update = gr.update()
+    if model:
+        ckpt_update = gr.update(value=model)
+    elif parsed.get("Model"):
+        gr.Warning(f"Checkpoint {parsed['Model']!r} from the image was not found among your models; "
+                   f"the current one is kept")
+    unknown = {k: v for k, v in unknown.items() if not is_info_only(k)}
+    if unknown:
+        shown = ", ".join(f"{k}: {v}" for k, v in list(unknown.items())[:8])
+        gr.Info(f"Not applied (not supported here): {shown}")
+    return ckpt_update, [gr.update(value=values[name]) if name in values else gr.update() for name in target.fields]
+
+
 class PngInfoTab:
     def __init__(self, ctx: "UIContext"):
         self.ctx = ctx
@@ -79,6 +133,9 @@ class PngInfoTab:
             self.text = gr.State("")
         self.image.change(self._read, inputs=self.image, outputs=[self.info, self.raw, self.text, *self.send_buttons.values()],
                           show_progress="hidden", api_name="pnginfo")
+        # Other tabs send their result image here ("Send to PNG Info").
+        self.ctx.paste.add(PasteTarget("pnginfo", self.tab, {}, self.image, tab_id="pnginfo", paste_params=False,
+                                       label="PNG Info"))
 
     def _read(self, path: str | None):
         with errors_to_ui():
@@ -99,28 +156,14 @@ class PngInfoTab:
             self._wire_target(button, target)
 
     def _wire_target(self, button, target: PasteTarget) -> None:
-        outputs = [self.ctx.tabs, self.ctx.checkpoint, *target.fields.values()]
-        button.click(lambda text: self.send(text, target), inputs=self.text, outputs=outputs,
+        # The image goes along to tabs that take one (img2img, inpaint), as in A1111.
+        button.click(lambda text, path: paste_updates(self.ctx, target, text, path if target.image else None),
+                     inputs=[self.text, self.image], outputs=self.ctx.paste_outputs(target),
                      show_progress="hidden", api_visibility="private")
 
-    def send(self, text: str, target: PasteTarget) -> tuple:
-        """Updates for (tabs, checkpoint, *target.fields): every field the infotext names is set."""
+    def send(self, text: str, target: PasteTarget, image: str | None = None) -> tuple:
+        """Updates for (tabs, checkpoint, *target.fields[, image, *extras]): every field the infotext names is
+        set; the image only for targets that take one."""
         if not text:
             raise gr.Error("No generation parameters to send: drop an image that has them first")
-        values, unknown = paste_values(text, target.fields)
-        parsed = parse_infotext(text).params
-        model = None
-        for query in (parsed.get("Model hash"), parsed.get("Model")):
-            if query and not model:
-                model = self.ctx.find_checkpoint(query)
-        ckpt_update = gr.update()
-        if model:
-            ckpt_update = gr.update(value=model)
-        elif parsed.get("Model"):
-            gr.Warning(f"Checkpoint {parsed['Model']!r} from the image was not found among your models; "
-                       f"the current one is kept")
-        if unknown:
-            shown = ", ".join(f"{k}: {v}" for k, v in list(unknown.items())[:8])
-            gr.Info(f"Not applied (not supported here): {shown}")
-        updates = [gr.update(value=values[name]) if name in values else gr.update() for name in target.fields]
-        return gr.Tabs(selected=target.tab_id), ckpt_update, *updates
+        return paste_updates(self.ctx, target, text, image)
