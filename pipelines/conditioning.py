@@ -110,7 +110,9 @@ class PromptEncoder:
         elif self.clip_skip > 1:
             # transformers 5 flattened CLIPTextModel (no `.text_model`); older versions nest it.
             text_model = getattr(enc.model, "text_model", enc.model)
-            hidden = text_model.final_layer_norm(out.hidden_states[-self.clip_skip])
+            # Clip skip beyond the encoder's depth stops at its first layer rather than failing.
+            layer = min(self.clip_skip, len(out.hidden_states) - 1)
+            hidden = text_model.final_layer_norm(out.hidden_states[-layer])
         else:
             hidden = out.last_hidden_state
         hidden = hidden.float()
