@@ -402,7 +402,7 @@ class ExtensionHooks:
         self._registry = registry
         self.name = name
         self.path = path                       # the extension's folder
-        self.data_dir = data_dir               # a folder for its own files (created on demand by the loader)
+        self.data_dir = data_dir               # a folder for its own files (<data dir>/extensions-data/<id>; create it when needed)
         self.log = logging.getLogger(f"extensions.{name}")
 
     # ------------------------------------------------------------------ UI / API

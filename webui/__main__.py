@@ -112,7 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     host = "0.0.0.0" if args.listen else "127.0.0.1"
     try:
         port = find_port(host, args.port)
-        app = create_app(services, access, demo, api=args.api or args.nowebui, css=CSS, js=LOAD_JS, port=port)
+        from .extensions import page_assets
+
+        ext_css, ext_head = page_assets(services)   # extensions' style.css and javascript/*.js
+        app = create_app(services, access, demo, api=args.api or args.nowebui, css=CSS + ext_css, js=LOAD_JS,
+                         port=port, head=ext_head or None)
         server = start_server(app, host, port)
     except OSError as err:
         print(f"error: {err}", file=sys.stderr)

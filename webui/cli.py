@@ -54,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--data-dir", type=Path, default=ROOT, help="base folder for models/, config/ and cache/")
     out.add_argument("--ui-debug-mode", action="store_true", help="start without loading a model")
     out.add_argument("--controlnet-units", type=int, default=3, help="ControlNet units shown in the UI")
+
+    ext = p.add_argument_group("extensions")
+    ext.add_argument("--extensions-dir", action="append", default=None, type=Path,
+                     help="folder of extensions (default: extensions/ of the app); repeatable, the first one "
+                          "receives extensions installed from the UI")
+    ext.add_argument("--disable-all-extensions", action="store_true", help="start without loading any extension")
     return p
 
 

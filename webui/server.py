@@ -68,8 +68,9 @@ def api_router(services: Services, access: AccessControl):
 
 
 def create_app(services: Services, access: AccessControl, demo=None, *, api: bool = False,
-               css: str | None = None, js: str | None = None, port: int | None = None):
-    """FastAPI app: API routes first (HTTP Basic when credentials are set), then the UI at '/'."""
+               css: str | None = None, js: str | None = None, port: int | None = None, head: str | None = None):
+    """FastAPI app: API routes first (HTTP Basic when credentials are set), extensions' routes, then the UI
+    at '/'. `head`: extra HTML for the page's <head> (extensions' scripts)."""
     from fastapi import Depends, FastAPI
 
     app = FastAPI(title="Stable Diffusion web UI", docs_url="/docs" if api else None, redoc_url=None,
@@ -81,6 +82,11 @@ def create_app(services: Services, access: AccessControl, demo=None, *, api: boo
         if router is not None:
             deps = [Depends(access.api_dependency())] if access.api_enabled else []
             app.include_router(router, dependencies=deps)
+    hooks = getattr(services.engine, "hooks", None)
+    if hooks is not None:   # extensions' add_api_route (before the UI mount, which would shadow them)
+        from .extensions import add_api_routes
+
+        add_api_routes(app, services, access)
     if demo is not None:
         import gradio as gr
 
@@ -89,9 +95,11 @@ def create_app(services: Services, access: AccessControl, demo=None, *, api: boo
         gr.mount_gradio_app(app, demo, path="", auth=access.gradio_auth(),
                             auth_message="Log in to the Stable Diffusion web UI", ssr_mode=False,
                             allowed_paths=[str(services.saver.root)], show_error=True, css=css, js=js,
-                            footer_links=["api"] if api else [], run_history=False,
+                            footer_links=["api"] if api else [], run_history=False, head=head,
                             server_name="0.0.0.0" if args.listen else "127.0.0.1",
                             server_port=port or getattr(args, "port", None) or DEFAULT_PORT)
+    if hooks is not None:
+        hooks.app_started(app)
     return app
 
 

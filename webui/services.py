@@ -14,6 +14,7 @@ from typing import Any
 
 from pipelines.devices import make_policy
 from pipelines.generation import Engine, GenerationResult
+from pipelines.hooks import HookRegistry
 from pipelines.jobs import Job, JobQueue
 from pipelines.manager import PipelineManager
 from pipelines.models import ModelPaths, ModelRegistry
@@ -36,6 +37,7 @@ class Services:
     saver: OutputSaver
     styles: StyleDatabase | None = None     # <data-dir>/styles.csv (A1111's file); also engine.styles
     presets: PresetStore | None = None      # presets/ (shipped + user-saved; defaults.json = UI start-up values)
+    extensions: Any = None                  # webui.extensions.ExtensionManager (status); hooks: engine.hooks
     _interrogator: Any = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -159,7 +161,11 @@ def create_services(args: argparse.Namespace, *, config_root: Path | None = None
     styles = StyleDatabase(data / "styles.csv")
     if styles.load_error:
         log.warning("%s", styles.load_error)
-    engine = Engine(manager, saver, styles=styles)
+    engine = Engine(manager, saver, styles=styles, hooks=HookRegistry())   # extensions register here
     presets = PresetStore(PRESETS_DIR, networks=engine.networks)
     queue = JobQueue(policy.device).start()
-    return Services(args, paths, registry, manager, engine, queue, saver, styles, presets)
+    services = Services(args, paths, registry, manager, engine, queue, saver, styles, presets)
+    from .extensions import attach
+
+    services.extensions = attach(services)   # load extensions/ (a failing one is listed, never fatal)
+    return services

@@ -381,6 +381,12 @@ def build_ui(services: Services, access: AccessControl, *, startup_job=None,
             for tab in tabs:
                 tab.build()
             ctx.tab_objects = {"txt2img": tabs[0], "pnginfo": tabs[1], "topbar": topbar}
+            # extensions' tabs (add_tab), then the Extensions tab (status, enable/disable, install)
+            from .extensions import ExtensionsTab, build_extension_tabs
+
+            ctx.tab_objects["extension_tabs"] = build_extension_tabs(ctx)
+            ctx.tab_objects["extensions"] = ExtensionsTab(ctx)
+            ctx.tab_objects["extensions"].build()
         for tab in tabs:
             tab.wire()
         topbar.events(demo)

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.25
+EXT_PREFIX = "ext__"   # extensions' parameters among the Generate inputs (never clash with other inputs)
 LAYOUT_SIZE = ("width", "height")
 LAYOUT_BATCH = ("n_iter", "batch_size")
 LAYOUT_VARIATION = ("subseed", "subseed_strength")
@@ -49,6 +50,7 @@ class GenerationTab:
         self.ctx = ctx
         self.services = ctx.services
         self.fields: dict[str, Any] = {}
+        self.ext_fields: dict[str, Any] = {}   # extensions' parameters (add_param) → request.extra
         self.send_buttons: dict[str, Any] = {}
         self.controlnet = None                 # ControlNetPanel when ControlNet is available
         self.presets = None                    # PresetControls
@@ -144,9 +146,13 @@ class GenerationTab:
                     self._w(p.name)
 
     def build_extras(self) -> None:
-        """Extra networks picker, preset management, ControlNet units (when the engine has them)."""
+        """Extra networks picker, preset management, ControlNet units (when the engine has them), the
+        extensions' parameters (one accordion per section)."""
+        from .extensions import extension_widgets
         from .ui_controlnet import ControlNetPanel, controlnet_available
         from .ui_presets import ExtraNetworks
+
+        self.ext_fields = extension_widgets(self.ctx, self.MODE)
 
         self.networks = ExtraNetworks(self)
         self.networks.build()
@@ -183,7 +189,7 @@ class GenerationTab:
     def finish_build(self, image=None, **target_kw) -> None:
         missing = [p.name for p in params_for(self.MODE, exclude_groups=("model",)) if p.name not in self.fields]
         assert not missing, f"{self.MODE} has no widget for {missing}"
-        self.ctx.paste.add(PasteTarget(self.MODE, self.tab, dict(self.fields), image, tab_id=self.MODE,
+        self.ctx.paste.add(PasteTarget(self.MODE, self.tab, {**self.fields, **self.ext_fields}, image, tab_id=self.MODE,
                                        label=self.MODE, **target_kw))
         self._events()
 
@@ -193,7 +199,8 @@ class GenerationTab:
     # ------------------------------------------------------------------ events
     def generation_inputs(self) -> dict[str, Any]:
         """Components whose values `run` receives (by keyword)."""
-        inputs = {"checkpoint": self.ctx.checkpoint, "vae": self.ctx.vae, **self.fields}
+        inputs = {"checkpoint": self.ctx.checkpoint, "vae": self.ctx.vae, **self.fields,
+                  **{EXT_PREFIX + name: comp for name, comp in self.ext_fields.items()}}
         if self.controlnet is not None:
             inputs.update(self.controlnet.inputs())
         return inputs
@@ -311,7 +318,10 @@ class GenerationTab:
         fields = {name: coerce(name, values[name]) for name in self.fields if name in values}
         fields["sd_model_checkpoint"] = values.get("checkpoint") or ""
         fields["sd_vae"] = values.get("vae") or "Automatic"
-        return make_request(fields)
+        hooks = self.services.engine.hooks   # extensions' parameters → request.extra
+        fields.update({p.name: coerce(p, values[EXT_PREFIX + p.name]) for p in hooks.params
+                       if EXT_PREFIX + p.name in values})
+        return make_request(fields, extra_params=hooks.params)
 
     def controlnet_units(self, values: dict[str, Any]) -> list | None:
         """The enabled ControlNet units of the panel (checked), or None."""

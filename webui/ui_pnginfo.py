@@ -46,14 +46,17 @@ def infotext_html(text: str | None) -> str:
     return f"<table class='pnginfo-table'>{body}</table>"
 
 
-def paste_values(text: str, fields: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
-    """Infotext → {param name: value} for the fields a tab has, and the pairs it could not use."""
+def paste_values(text: str, fields: dict[str, Any], extra_params=()) -> tuple[dict[str, Any], dict[str, str]]:
+    """Infotext → {param name: value} for the fields a tab has, and the pairs it could not use.
+    `extra_params`: extensions' parameters (written only when not at their default, so absent = default)."""
     parsed = parse_infotext(text)
-    known, unknown = request_values_from_infotext(parsed.params)
+    known, unknown = request_values_from_infotext(parsed.params, extra_params)
     values: dict[str, Any] = {"prompt": parsed.prompt, "negative_prompt": parsed.negative_prompt}
     values.update(known)
     for name, default in ABSENT_DEFAULTS.items():
         values.setdefault(name, default)
+    for p in extra_params:
+        values.setdefault(p.name, p.default)
     values = {k: v for k, v in values.items() if k in fields or k in ("sd_model_checkpoint",)}
     return values, unknown
 
@@ -86,7 +89,7 @@ def paste_updates(ctx: "UIContext", target: PasteTarget, text: str | None, image
 
 
 def _field_updates(ctx: "UIContext", target: PasteTarget, text: str):
-    values, unknown = paste_values(text, target.fields)
+    values, unknown = paste_values(text, target.fields, ctx.services.engine.hooks.params)
     styles_db = getattr(ctx.services, "styles", None)
     if "styles" in target.fields and styles_db is not None and values.get("prompt") is not None:
         # A1111: styles whose texts the prompts contain come back as selected styles, out of the prompts.
