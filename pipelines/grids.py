@@ -153,7 +153,7 @@ def side_by_side(grids: Sequence[Image.Image], titles: Sequence[LabelSpec] = (),
         return grids[0]
     cell_w = max(g.width for g in grids) + gap
     cells = [[g if not gap else _with_gap(g, cell_w, max(x.height for x in grids)) for g in grids]]
-    out = labelled_grid(cells, titles, font_size=font_size or font_size_for(256, 256))
+    out = labelled_grid(cells, titles, font_size=font_size or font_size_for(512, 512))
     return out.crop((0, 0, out.width - gap, out.height)) if gap else out
 
 

@@ -40,7 +40,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from . import params as params_mod
 from .errors import Interrupted, Skipped, UserError
@@ -171,6 +171,37 @@ class GenerationCall:
     def interrupted(self) -> bool:
         control = self._control
         return bool(control is not None and control.interrupted.is_set())
+
+    def grid_result(self, grid, parts: Sequence["GenerationResult"], *, infotext: str | None = None,
+                    cell_images: bool = True) -> "GenerationResult":
+        """One result for a job made of several generations: `grid` first (saved with `save_grid`; its
+        infotext is `infotext`, else the first image's), then, with `cell_images`, every image of `parts`
+        in order (already saved by `generate`). Seeds, notices, skips and interrupts are merged."""
+        from .generation import GenerationResult
+
+        result = GenerationResult(request=self.request)
+        first = next((p for p in parts if p.images), None)
+        text = infotext if infotext is not None else (first.infotexts[0] if first else "")
+        seed = first.seeds[0] if first else None
+        path = self.save_grid(grid, text, seed=seed)
+        result.images.append(grid)
+        result.infotexts.append(text)
+        result.seeds.append(seed if seed is not None else 0)
+        result.subseeds.append(first.subseeds[0] if first and first.subseeds else 0)
+        if path is not None:
+            result.paths.append(path)
+        for part in parts:
+            if cell_images:
+                result.images += part.images
+                result.infotexts += part.infotexts
+                result.seeds += part.seeds
+                result.subseeds += part.subseeds
+                result.paths += part.paths
+            result.notices += [n for n in part.notices if n not in result.notices]
+            result.skipped += part.skipped
+            result.interrupted = result.interrupted or part.interrupted
+            result.steps_run += part.steps_run
+        return result
 
     def save_grid(self, image, infotext: str | None, *, seed: int | None = None) -> Path | None:
         """Save a grid image (`<outdir>/<mode>-grids/<date>/grid-NNNN.png`, infotext embedded);

@@ -350,7 +350,6 @@ class EmbeddingSession:
         self._name_ids: dict[int, dict] = {}                 # id(tokenizer) → {first id: [(ids, file)]}
         self._handles: list = []
         self._pending: dict[str, Any] = {}
-        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ tokens
     def wrap(self, tokenizer):

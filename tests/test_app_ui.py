@@ -142,9 +142,9 @@ def test_every_txt2img_parameter_has_a_widget(ui):
     assert set(tab.fields) == expected
     for name, comp in tab.fields.items():
         assert comp.label == BY_NAME[name].label
-    # no dead buttons: send-to buttons exist only for tabs that exist (no img2img/inpaint yet)
-    assert tab.send_buttons == {}
-    assert set(ui.tab_objects["pnginfo"].send_buttons) == {"txt2img"}
+    # no dead buttons: send-to buttons exist only for tabs that exist (webui.ui.IMAGE_TABS + PNG Info)
+    assert set(tab.send_buttons) == {"img2img", "inpaint", "pnginfo"}
+    assert set(ui.tab_objects["pnginfo"].send_buttons) == {"txt2img", "img2img", "inpaint"}
 
 
 def test_generate_waits_in_the_one_queue_then_streams_progress(ui):
@@ -256,8 +256,8 @@ def test_pnginfo_send_sets_fields_and_checkpoint(ui, tmp_path):
         assert png._read(str(other))[2] == INFOTEXT
     bare = tmp_path / "bare.png"
     Image.new("RGB", (8, 8)).save(bare)
-    html, raw, text, button = png._read(str(bare))
-    assert "No generation parameters" in html and text == "" and button["interactive"] is False
+    html, raw, text, *buttons = png._read(str(bare))
+    assert "No generation parameters" in html and text == "" and all(b["interactive"] is False for b in buttons)
     html, raw, text, *_ = png._read(None)
     assert text == ""
     with pytest.raises(gr.Error):

@@ -78,6 +78,8 @@ def test_every_mode_end_to_end(make, image):
     it = make()
     assert set(it.clip_models()) >= {CLIP, "ViT-L-14/openai"}
     assert CAPTION in it.caption_models()
+    assert it.sources.available_locally(CLIP) and it.sources.available_locally(CAPTION)
+    assert not it.sources.available_locally("ViT-L-14/openai") and not it.sources.available_locally("blip-base")
     results = {mode: it.interrogate(image, mode) for mode in MODES}
     for mode, res in results.items():
         assert isinstance(res.prompt, str) and res.prompt.strip(), mode
@@ -147,6 +149,16 @@ def test_best_and_negative_respect_the_77_token_context(make, image):
     # a caption longer than the context is cut to fit
     res = it.interrogate(image, "fast", caption="word " * 120)
     assert clip_tokens(res.prompt) <= 77
+
+
+def test_empty_lists_are_allowed(make, image):
+    lists = tiny_label_lists()
+    lists["movements"] = []
+    lists["trendings"] = []
+    it = make(label_lists=lists)
+    for mode in ("fast", "classic", "best"):
+        res = it.interrogate(image, mode, caption="x")
+        assert res.prompt.startswith("x, ") and res.tops["movements"] == []
 
 
 def test_options_and_names_are_validated(make, image):

@@ -132,3 +132,16 @@ def test_family_defaults():
         cfg = open_clip.get_pretrained_cfg(spec.arch, spec.pretrained)
         assert cfg["hf_hub"].rstrip("/") == spec.hf_repo
         assert bool(cfg.get("quick_gelu", False)) == spec.quick_gelu
+
+
+def test_length_batches_bound_padding_and_size():
+    from pipelines.interrogate.clip_model import _length_batches
+
+    lengths = [2] * 30 + [3] * 50 + [9] * 5 + [40]
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    batches = _length_batches(order, lengths, batch_size=32)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for b in batches:
+        assert len(b) <= 32
+        padded, real = max(lengths[i] for i in b) * len(b), sum(lengths[i] for i in b)
+        assert padded <= 1.2 * real or len(b) == 1

@@ -16,7 +16,7 @@ import torch
 
 from bench.synth.networks import kohya_lora, save_lora, write_embedding
 from pipelines.conditioning import PromptEncoder
-from pipelines.networks import EmbeddingSession, NetworkManager, load_embedding, parse_prompt
+from pipelines.networks import NetworkManager, load_embedding, parse_prompt
 from pipelines.params import make_request
 
 

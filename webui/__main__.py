@@ -126,6 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     if ckpt is not None:
         # The checkpoint loads once the UI answers (the two would share the CPU otherwise); it is the
         # first job on the queue and the status line follows it.
+        if demo is not None:
+            # The tokenizer warm-up goes first on the queue rather than in a thread beside the load: both
+            # import transformers, and two threads importing it at once can fail ("cannot import name
+            # 'CLIPImageProcessor' from 'transformers'"). The load needs that import anyway.
+            services.submit(warm_tokenizer, label="warm up the tokenizer")
         job = services.submit(lambda: services.manager.load(ckpt), label=f"load {ckpt.title}")
         job.target_title = ckpt.title
         if demo is not None:
@@ -149,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
 
         threading.Thread(target=webbrowser.open, args=(url,), daemon=True).start()
 
-    if demo is not None:
+    if demo is not None and ckpt is None:
         threading.Thread(target=warm_tokenizer, name="warm-tokenizer", daemon=True).start()
 
     stop = threading.Event()

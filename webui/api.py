@@ -298,8 +298,13 @@ def create_api_router(services, access=None) -> APIRouter:
         images = await run_in_threadpool(encode_images, state, result) if prepared.send_images else []
         return {"images": images, "parameters": prepared.parameters, "info": info_json(prepared, result, meta)}
 
+    # Request schemas from PARAMS + the extensions' declared parameters (values reach request.extra).
+    hooks = getattr(services.engine, "hooks", None)
+    Txt2ImgRequest, Img2ImgRequest = (M.request_models(hooks.all_params()) if hooks is not None and hooks.params
+                                      else (M.Txt2ImgRequest, M.Img2ImgRequest))
+
     @route("/txt2img", ["POST"], response_model=M.TextToImageResponse)
-    async def txt2img(body: M.Txt2ImgRequest):
+    async def txt2img(body: Txt2ImgRequest):
         try:
             prepared = await run_in_threadpool(prepare, state, body, "txt2img")
             return await generate(prepared, f"api txt2img: {prepared.request.prompt[:40]}")
@@ -308,7 +313,7 @@ def create_api_router(services, access=None) -> APIRouter:
 
     @route("/img2img", ["POST"], response_model=M.ImageToImageResponse,
            responses={501: {"description": "img2img is not available in this build"}})
-    async def img2img(body: M.Img2ImgRequest):
+    async def img2img(body: Img2ImgRequest):
         if not hasattr(services.engine, "img2img"):
             raise _error(501, None, "img2img/inpaint is not available in this build; txt2img works")
         try:

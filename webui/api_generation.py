@@ -129,7 +129,8 @@ def prepare(state: "ApiState", body, mode: str) -> PreparedRequest:
     if script:
         raise ParameterError("script_name", f"script {script!r} not found; this build has no selectable scripts")
 
-    request = make_request(values)
+    hooks = getattr(state.services.engine, "hooks", None)   # extensions' parameters → request.extra
+    request = make_request(values, extra_params=hooks.params if hooks is not None else ())
     parameters = body.model_dump(mode="json")
     prepared = PreparedRequest(mode, request, parameters,
                                send_images=given.get("send_images", True) is not False,

@@ -49,9 +49,9 @@ def param_field(p: Param, *, name: str | None = None) -> tuple[Any, Any]:
     return Optional[annotation], Field(**kw)
 
 
-def param_fields(mode: str) -> dict[str, tuple[Any, Any]]:
+def param_fields(mode: str, params=PARAMS) -> dict[str, tuple[Any, Any]]:
     fields: dict[str, tuple[Any, Any]] = {}
-    for p in PARAMS:
+    for p in params:
         if mode not in p.modes:
             continue
         fields[p.name] = param_field(p)
@@ -106,8 +106,8 @@ def _img2img_fields() -> dict[str, tuple[Any, Any]]:
     return {k: v for k, v in own.items() if k not in BY_NAME}
 
 
-def _generation_model(name: str, mode: str, extra: dict[str, tuple[Any, Any]]) -> type[BaseModel]:
-    fields = param_fields(mode)
+def _generation_model(name: str, mode: str, extra: dict[str, tuple[Any, Any]], params=PARAMS) -> type[BaseModel]:
+    fields = param_fields(mode, params)
     fields.update({k: v for k, v in extra.items() if k not in fields})
     return create_model(name, __config__=_CONFIG, **fields)
 
@@ -115,6 +115,16 @@ def _generation_model(name: str, mode: str, extra: dict[str, tuple[Any, Any]]) -
 Txt2ImgRequest = _generation_model("StableDiffusionProcessingTxt2Img", "txt2img", _common_api_fields())
 Img2ImgRequest = _generation_model("StableDiffusionProcessingImg2Img", "img2img",
                                    {**_img2img_fields(), **_common_api_fields()})
+
+
+def request_models(params) -> tuple[type[BaseModel], type[BaseModel]]:
+    """(txt2img, img2img) request models for `params` = PARAMS + extensions' parameters
+    (`HookRegistry.all_params()`); the module-level ones are PARAMS only."""
+    return (_generation_model("StableDiffusionProcessingTxt2Img", "txt2img", _common_api_fields(), params),
+            _generation_model("StableDiffusionProcessingImg2Img", "img2img",
+                              {**_img2img_fields(), **_common_api_fields()}, params))
+
+
 API_ONLY_FIELDS = frozenset(k for k in (*_common_api_fields(), *_img2img_fields()) if k not in BY_NAME)
 
 

@@ -27,6 +27,7 @@ import importlib.metadata
 import importlib.util
 import json
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -318,7 +319,7 @@ class ExtensionManager:
             return False
         except (Exception, SystemExit) as err:   # noqa: BLE001 - an extension must never stop the app
             self.hooks.remove(ext.id)
-            tb = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+            tb = _extension_traceback(err)
             ext.fail(f"{type(err).__name__}: {err}", tb)
             log.error("extension %s not loaded:\n%s", ext.id, tb.rstrip())
             return False
@@ -432,7 +433,7 @@ class ExtensionManager:
         shutil.rmtree(tmp, ignore_errors=True)
         try:
             proc = subprocess.run([git, "clone", "--depth", "1", "--", url, str(tmp)], capture_output=True, text=True,
-                                  timeout=CLONE_TIMEOUT, env={**_git_env(), "GIT_TERMINAL_PROMPT": "0"})
+                                  timeout=CLONE_TIMEOUT, env={**os.environ, "GIT_TERMINAL_PROMPT": "0"})
         except subprocess.TimeoutExpired:
             shutil.rmtree(tmp, ignore_errors=True)
             raise UserError(f"git clone did not finish within {CLONE_TIMEOUT}s") from None
@@ -454,17 +455,15 @@ class ExtensionManager:
         known = {e.id for e in self.extensions}
         for ext in self.extensions:
             failures = self.hooks.failures_of(ext.id)
-            if ext.error:
-                status = "error"
-            elif not ext.enabled:
-                status = "disabled"
-            elif ext.loaded and ext.id in self.hooks.disabled:
-                status = "error"
+            if ext.error or (ext.loaded and ext.id in self.hooks.disabled):
+                kind, status = "error", "error"
             elif ext.loaded:
-                status = "loaded"
+                kind, status = "loaded", "loaded" if ext.enabled else "loaded (disabled at the next start)"
+            elif ext.enabled:
+                kind, status = "pending", "enabled (loads at the next start)"
             else:
-                status = "not loaded (restart to apply)"
-            rows.append({"id": ext.id, "name": ext.name, "version": ext.version, "enabled": ext.enabled,
+                kind, status = "disabled", "disabled"
+            rows.append({"id": ext.id, "name": ext.name, "version": ext.version, "enabled": ext.enabled, "kind": kind,
                          "loaded": ext.loaded, "status": status, "error": ext.error, "traceback": ext.traceback,
                          "notes": list(ext.notes), "folder": str(ext.folder),
                          "description": ext.manifest.description if ext.manifest else "",
@@ -472,16 +471,18 @@ class ExtensionManager:
                                       for f in failures]})
         for name in self.installed:
             if name not in known:
-                rows.append({"id": name, "name": name, "version": "", "enabled": True, "loaded": False,
+                rows.append({"id": name, "name": name, "version": "", "enabled": True, "loaded": False, "kind": "pending",
                              "status": "installed (restart to load)", "error": None, "traceback": None, "notes": [],
                              "folder": str(self.install_dir / name), "description": "", "failures": []})
         return rows
 
 
-def _git_env() -> dict[str, str]:
-    import os
-
-    return dict(os.environ)
+def _extension_traceback(err: BaseException) -> str:
+    """The traceback without the loader's own frames (what the extension's author needs to see)."""
+    te = traceback.TracebackException.from_exception(err)
+    frames = [f for f in te.stack if f.filename != __file__ and not f.filename.startswith("<frozen")]
+    te.stack = traceback.StackSummary.from_list(frames or list(te.stack))
+    return "".join(te.format())
 
 
 # A1111-style helpers for extension scripts: onUiLoaded(fn) runs fn once the Gradio app is on the page.
@@ -498,7 +499,8 @@ HEAD_HELPERS = """<script>
     return true;
   };
   const obs = new MutationObserver(() => { if (check()) obs.disconnect(); });
-  document.addEventListener('DOMContentLoaded', () => { if (!check()) obs.observe(document.body, {childList: true, subtree: true}); });
+  const start = () => { if (!check()) obs.observe(document.documentElement, {childList: true, subtree: true}); };
+  if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', start); else start();
 })();
 </script>"""
 
@@ -602,7 +604,7 @@ def status_html(manager: ExtensionManager | None) -> str:
         badge = html.escape(r["status"])
         note = "; ".join(r["notes"])
         desc = f"<div class='ext-desc'>{html.escape(r['description'])}</div>" if r["description"] else ""
-        out.append(f"<tr class='ext-{r['status'].split()[0]}' data-extension='{html.escape(r['id'])}'>"
+        out.append(f"<tr class='ext-{r['kind']}' data-extension='{html.escape(r['id'])}'>"
                    f"<td><b>{html.escape(r['name'])}</b> <code>{html.escape(r['id'])}</code>{desc}</td>"
                    f"<td>{html.escape(r['version'])}</td><td><span class='ext-status'>{badge}</span>"
                    f"{'<div>' + html.escape(note) + '</div>' if note else ''}</td>"
@@ -686,8 +688,8 @@ class ExtensionsTab:
         if self.manager is None:
             return "Extensions are not available.", status_html(None)
         enabled = set(enabled or [])
-        ids = {e.id for e in self.manager.extensions}
-        self.manager.save_disabled(ids - enabled)
+        ids = {ext_id for _, ext_id in self._choices()}
+        self.manager.save_disabled((self.manager.disabled_ids() | ids) - enabled)
         return ("Saved. **Restart the app** to load or unload extensions.", status_html(self.manager))
 
     def install_url(self, url: str):

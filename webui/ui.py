@@ -25,9 +25,9 @@ log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.3
 
-# Tabs that take an image from another tab. None exists yet: when img2img/inpaint tabs are added
-# they list themselves here and every "Send to" button appears, wired, with no other change.
-IMAGE_TABS: tuple[str, ...] = ()
+# Tabs that take an image from another tab ("inpaint" is the img2img tab's Inpaint sub-tab): every tab's
+# "Send to" buttons are made from this list and wired once all tabs exist (`UIContext.wire_send`).
+IMAGE_TABS: tuple[str, ...] = ("img2img", "inpaint")
 
 CSS = """
 #topbar { align-items: end; gap: 8px; }
@@ -40,7 +40,25 @@ CSS = """
 .token-counter { font-size: 0.8em; padding: 1px 6px; border-radius: 6px; background: var(--block-background-fill);
                  border: 1px solid var(--border-color-primary); opacity: 0.85; }
 .token-counter.over { color: var(--color-accent); }
-#txt2img_generate { min-height: 78px; font-size: 1.2em; }
+#txt2img_generate, #img2img_generate { min-height: 78px; font-size: 1.2em; }
+.tool-row { gap: 6px; flex-wrap: nowrap; }
+.tool-row .tool-wide { max-width: none; flex-grow: 1; height: 40px; align-self: end; }
+.tool-column { gap: 6px; justify-content: center; }
+.result-buttons { flex-wrap: wrap; gap: 6px; }
+.result-buttons button { flex: 1 1 auto; }
+.progress-text { white-space: pre-line; }
+.prompt-box.drop-target textarea { outline: 2px dashed var(--color-accent); }
+.align-end { align-self: end; height: 40px; }
+.cn-note p { font-size: 0.85em; opacity: 0.8; margin: 0; }
+#interrogate_details table.interrogate-tops { width: 100%; border-collapse: collapse; font-size: 0.9em; margin: 4px 0 0 0;
+                                            border: none !important; box-shadow: none; }
+#interrogate_details .interrogate-tops tr { border: none !important; }
+#interrogate_details .interrogate-tops th, #interrogate_details .interrogate-tops td {
+    border: none !important; border-bottom: 1px solid var(--border-color-primary) !important;
+    padding: 5px 8px !important; vertical-align: top; text-align: left; }
+#interrogate_details .interrogate-tops th { white-space: nowrap; font-weight: 600; opacity: 0.75; width: 1%; }
+#interrogate_details .interrogate-caption { font-size: 0.85em; opacity: 0.7; margin: 6px 0 0 0; }
+#interrogate_details .interrogate-tops .score { opacity: 0.55; font-size: 0.85em; }
 .job-progress { margin: 2px 0 6px 0; }
 .progress-bar { height: 8px; border-radius: 4px; background: var(--border-color-primary); overflow: hidden; }
 .progress-fill { height: 100%; background: var(--color-accent); transition: width 0.2s; }
@@ -59,18 +77,57 @@ CSS = """
 footer { display: none !important; }
 """
 
-# Run once when the page loads (Gradio's `js=`): Ctrl+Enter / Cmd+Enter clicks Generate on the visible tab.
+# Run once when the page loads (Gradio's `js=`): Ctrl+Enter / Cmd+Enter clicks Generate on the visible tab, and an
+# image file dropped on a prompt box is handed to that tab's ↙ upload button, whose handler reads the image's
+# generation parameters into the fields (A1111's "drop a PNG on the prompt").
 LOAD_JS = """
 () => {
   if (window.__webuiKeys) return;
   window.__webuiKeys = true;
+  const modes = ['txt2img', 'img2img'];
   document.addEventListener('keydown', (e) => {
     if ((e.ctrlKey || e.metaKey) && e.key === 'Enter') {
-      const tab = document.querySelector('#tab_txt2img');
-      const btn = document.querySelector('#txt2img_generate');
-      if (btn && tab && tab.offsetParent !== null) { e.preventDefault(); btn.click(); }
+      for (const m of modes) {
+        const tab = document.querySelector('#tab_' + m);
+        const btn = document.querySelector('#' + m + '_generate');
+        if (btn && tab && tab.offsetParent !== null) { e.preventDefault(); btn.click(); return; }
+      }
     }
   });
+  const zone = (e) => {
+    const box = e.target && e.target.closest && e.target.closest('[id$="_prompt"]');
+    if (!box) return null;
+    const mode = modes.find((m) => box.id === m + '_prompt' || box.id === m + '_negative_prompt');
+    return mode ? {box, mode} : null;
+  };
+  const hasFile = (e) => e.dataTransfer && Array.from(e.dataTransfer.types || []).includes('Files');
+  document.addEventListener('dragover', (e) => {
+    const z = zone(e);
+    if (z && hasFile(e)) { e.preventDefault(); z.box.closest('.prompt-box')?.classList.add('drop-target'); }
+  }, true);
+  document.addEventListener('dragleave', (e) => {
+    const z = zone(e);
+    if (z) z.box.closest('.prompt-box')?.classList.remove('drop-target');
+  }, true);
+  document.addEventListener('drop', (e) => {
+    const z = zone(e);
+    if (!z || !hasFile(e)) return;
+    const file = Array.from(e.dataTransfer.files).find((f) => f.type.startsWith('image/'));
+    z.box.closest('.prompt-box')?.classList.remove('drop-target');
+    if (!file) return;
+    const button = document.querySelector('#' + z.mode + '_paste_image');
+    // Gradio renders an UploadButton's hidden file input just before the button.
+    const prev = button && button.previousElementSibling;
+    const input = prev && prev.matches('input[type=file]') ? prev
+                  : button && button.parentElement.querySelector('input[type=file]');
+    if (!input) return;
+    e.preventDefault();
+    e.stopPropagation();
+    const dt = new DataTransfer();
+    dt.items.add(file);
+    input.files = dt.files;
+    input.dispatchEvent(new Event('change', {bubbles: true}));
+  }, true);
 }
 """
 
@@ -86,6 +143,35 @@ class UIContext:
     startup_job: Any = None            # the initial checkpoint load, once submitted
     startup_title: str | None = None   # the checkpoint the app loads at start (set before its job exists)
     tab_objects: dict[str, Any] = field(default_factory=dict)
+    start_values: dict[str, Any] = field(default_factory=dict)   # the UI's defaults (presets/defaults.json)
+    preset_dropdowns: list = field(default_factory=list)         # every tab's preset picker
+
+    def __post_init__(self):
+        store = getattr(self.services, "presets", None)
+        if store is not None and not self.start_values and _defaults_customised(store):
+            # Only a customised defaults.json is validated here: validating imports diffusers (seconds of
+            # start-up), and the declared defaults need no check.
+            try:
+                self.start_values, warnings = store.defaults()
+            except Exception:  # noqa: BLE001 - the declared defaults then; the log says why
+                log.exception("could not read the UI defaults preset")
+                warnings = []
+            for w in warnings:
+                log.warning("UI defaults: %s", w)
+
+    def when_ready(self, fn):
+        """A page-load handler running `fn()` once the start-up checkpoint load is over (work that imports
+        the engine's libraries must not race the load's own first imports)."""
+
+        def handler():
+            while self.loading():
+                if self.startup_job is not None:
+                    self.startup_job.done.wait(POLL_SECONDS)
+                else:
+                    time.sleep(POLL_SECONDS)
+            return fn()
+
+        return handler
 
     @property
     def args(self):
@@ -160,19 +246,52 @@ class UIContext:
             raise UserError("no checkpoint is loaded: choose one in the Checkpoint list at the top")
         raise UserError(no_model_message(self.services))
 
-    def wire_send_image(self, button, state, target: PasteTarget) -> None:
-        """Send the selected result image (and its parameters) to an image tab."""
+    def paste_outputs(self, target: PasteTarget, with_image: bool = True) -> list:
+        """Components a send to `target` updates: the tabs, the checkpoint, the fields, then (for a target
+        that takes an image) the image and the target's extras (sub-tab, mode)."""
+        out = [self.tabs, self.checkpoint, *target.fields.values()]
+        if with_image and target.image is not None:
+            out += [target.image, *(comp for comp, _ in target.extra)]
+        if target.controlnet is not None:
+            out += target.controlnet.paste_components()
+        return out
+
+    def wire_send(self, button, state, target: PasteTarget) -> None:
+        """Send the selected result (image and its parameters) to `target` with one click."""
+        from .ui_pnginfo import paste_updates
 
         def send(st: dict):
             st = st or {}
-            paths = st.get("paths") or []
-            if not paths:
+            paths, infotexts = st.get("paths") or [], st.get("infotexts") or []
+            if not paths and not infotexts:
                 raise gr.Error("Generate an image first")
-            idx = min(st.get("index", 0), len(paths) - 1)
-            return gr.Tabs(selected=target.tab_id), paths[idx]
+            idx = min(st.get("index", 0), max(len(paths), len(infotexts)) - 1)
+            path = paths[idx] if idx < len(paths) else None
+            text = infotexts[idx] if idx < len(infotexts) else None
+            return paste_updates(self, target, text, path)
 
-        button.click(send, inputs=state, outputs=[self.tabs, target.image], show_progress="hidden",
+        button.click(send, inputs=state, outputs=self.paste_outputs(target), show_progress="hidden",
                      api_visibility="private")
+
+    # Kept for extensions written against the first UI: sends only the image.
+    def wire_send_image(self, button, state, target: PasteTarget) -> None:
+        self.wire_send(button, state, target)
+
+
+def _defaults_customised(store) -> bool:
+    """presets/defaults.json sets something (read as plain JSON: no validation, no engine import)."""
+    import json
+
+    from pipelines.presets import DEFAULTS_FILE
+
+    path = store.folder / DEFAULTS_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):
+        return True   # let the store report what is wrong with it
+    return not isinstance(data, dict) or any(data.get(k) for k in ("params", "checkpoint", "vae", "loras"))
 
 
 def no_model_message(services: Services) -> str:
@@ -368,6 +487,8 @@ def build_ui(services: Services, access: AccessControl, *, startup_job=None,
              startup_title: str | None = None) -> gr.Blocks:
     """The whole UI. `startup_job` is the initial checkpoint load (the status line follows it); when the
     load is submitted after the UI is up, pass `startup_title` now and set `demo.ui_context.startup_job`."""
+    from .ui_img2img import Img2ImgTab
+    from .ui_interrogate import InterrogateTab, interrogate_available
     from .ui_pnginfo import PngInfoTab
     from .ui_txt2img import Txt2ImgTab
 
@@ -377,18 +498,25 @@ def build_ui(services: Services, access: AccessControl, *, startup_job=None,
         topbar = TopBar(ctx)
         topbar.build()
         with gr.Tabs(elem_id="tabs") as ctx.tabs:
-            tabs = [Txt2ImgTab(ctx), PngInfoTab(ctx)]
-            for tab in tabs:
+            tabs: dict[str, Any] = {"txt2img": Txt2ImgTab(ctx), "img2img": Img2ImgTab(ctx), "pnginfo": PngInfoTab(ctx)}
+            if interrogate_available():
+                tabs["interrogate"] = InterrogateTab(ctx)
+            for tab in tabs.values():
                 tab.build()
-            ctx.tab_objects = {"txt2img": tabs[0], "pnginfo": tabs[1], "topbar": topbar}
+            ctx.tab_objects = {**tabs, "topbar": topbar}
             # extensions' tabs (add_tab), then the Extensions tab (status, enable/disable, install)
             from .extensions import ExtensionsTab, build_extension_tabs
 
             ctx.tab_objects["extension_tabs"] = build_extension_tabs(ctx)
             ctx.tab_objects["extensions"] = ExtensionsTab(ctx)
             ctx.tab_objects["extensions"].build()
-        for tab in tabs:
+        for tab in tabs.values():
             tab.wire()
         topbar.events(demo)
+        if ctx.preset_dropdowns:
+            from .ui_presets import preset_lists
+
+            demo.load(ctx.when_ready(lambda: preset_lists(ctx)), outputs=ctx.preset_dropdowns, show_progress="hidden",
+                      api_visibility="private", concurrency_limit=None)
     demo.ui_context = ctx  # for tests and extensions
     return demo

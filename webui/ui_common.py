@@ -124,6 +124,7 @@ class PasteTarget:
     extra: list[tuple[Any, Any]] = field(default_factory=list)
     paste_params: bool = True
     label: str = ""                # button text after "Send to "
+    controlnet: Any = None         # the tab's ControlNetPanel: "ControlNet N" infotext entries fill its units
 
     def value_for(self, path: str | None):
         if not path:

@@ -117,8 +117,8 @@ class ControlNetPanel:
                     with gr.Row():
                         u["module"] = gr.Dropdown(label="Preprocessor", choices=preprocessor_names(),
                                                   value=pre.name, elem_id=f"{p}_module", scale=3)
-                        u["preview_button"] = gr.Button("💥", elem_id=f"{p}_preview_button", scale=0, min_width=42,
-                                                        elem_classes="tool")
+                        u["preview_button"] = gr.Button("Preview", elem_id=f"{p}_preview_button", scale=0,
+                                                        min_width=80, elem_classes="align-end")
                     with gr.Row():
                         u["model"] = gr.Dropdown(label="Model", choices=titles, value="None", elem_id=f"{p}_model",
                                                  scale=3, allow_custom_value=False)
@@ -133,9 +133,9 @@ class ControlNetPanel:
                                                 maximum=spec.maximum if spec else 1,
                                                 step=spec.step if spec else 1, visible=spec is not None,
                                                 elem_id=f"{p}_{name}")
+                    u["weight"] = gr.Slider(label="Control Weight", minimum=WEIGHT_RANGE[0], maximum=WEIGHT_RANGE[1],
+                                            step=0.05, value=d["weight"], elem_id=f"{p}_weight")
                     with gr.Row():
-                        u["weight"] = gr.Slider(label="Control Weight", minimum=WEIGHT_RANGE[0], maximum=WEIGHT_RANGE[1],
-                                                step=0.05, value=d["weight"], elem_id=f"{p}_weight")
                         u["guidance_start"] = gr.Slider(label="Starting Control Step", minimum=0.0, maximum=1.0,
                                                         step=0.01, value=d["guidance_start"],
                                                         elem_id=f"{p}_guidance_start")
@@ -200,6 +200,59 @@ class ControlNetPanel:
             raise user_error(job.error)
         return job.result
 
+    # ------------------------------------------------------------------ paste (infotext → units)
+    PASTED = ("enabled", "module", "model", "weight", "resize_mode", "processor_res", "threshold_a", "threshold_b",
+              "guidance_start", "guidance_end", "pixel_perfect", "control_mode")
+
+    def paste_components(self) -> list:
+        return [u[name] for u in self.units for name in self.PASTED]
+
+    def paste_updates(self, params: dict[str, str]) -> list:
+        """Updates for `paste_components()` from parsed infotext: each "ControlNet N" entry (sd-webui-controlnet's
+        format) fills unit N and enables it; without any entry the units are left as they are. A model that is
+        not among yours (or not for this checkpoint) is named in a warning and left at None."""
+        from pipelines.controlnet import units_from_infotext
+
+        keep = [gr.update() for _ in self.units for _name in self.PASTED]
+        units = units_from_infotext(params) if any(k.startswith("ControlNet") for k in params) else []
+        if not units:
+            return keep
+        titles, _ = self.model_choices()
+        out: list = []
+        for i in range(self.count):
+            if i >= len(units):
+                out += [gr.update(value=False)] + [gr.update() for _ in self.PASTED[1:]]
+                continue
+            unit = units[i]
+            model = self._known_model(unit.model, titles) if unit.enabled else "None"
+            if unit.enabled and unit.has_model and model == "None":
+                gr.Warning(f"ControlNet {i}: model {unit.model!r} from the image is not among your ControlNets for "
+                           f"this checkpoint; choose one in unit {i}")
+            sliders = dict(zip(SLIDERS, slider_updates(unit.module)))
+            for name in self.PASTED:
+                if name == "model":
+                    out.append(gr.update(value=model))
+                elif name in SLIDERS:
+                    upd = dict(sliders[name])
+                    if upd.get("visible"):
+                        upd["value"] = getattr(unit, name)
+                    out.append(upd)
+                else:
+                    out.append(gr.update(value=getattr(unit, name)))
+        if len(units) > self.count:
+            gr.Warning(f"the image used {len(units)} ControlNet units; this page shows {self.count} "
+                       f"(--controlnet-units)")
+        return out
+
+    def _known_model(self, model: str, titles: list[str]) -> str:
+        if not model or model.strip().lower() == "none":
+            return "None"
+        try:
+            cf = self.services.manager.controlnets.registry.find(model)
+        except Exception:  # noqa: BLE001 - not found: the caller warns
+            return "None"
+        return cf.title if cf.title in titles else "None"
+
     # ------------------------------------------------------------------ units
     @staticmethod
     def make_unit(values: dict[str, Any], *, enabled: bool | None = None):
@@ -225,6 +278,6 @@ class ControlNetPanel:
         units = []
         for i in range(self.count):
             raw = {name: values.get(f"cn{i}_{name}") for name in FIELDS}
-            unit = self.make_unit(raw)
+            unit = self.make_unit(raw, enabled=bool(raw["enabled"]))   # not given = off (the dataclass says on)
             units.append(unit.checked(i) if unit.enabled else unit)
         return units if any(u.enabled for u in units) else []

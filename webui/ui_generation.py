@@ -75,7 +75,7 @@ class GenerationTab:
         from .ui_presets import PresetControls
 
         m = self.MODE
-        with gr.Row(elem_id=f"{m}_toprow"):
+        with gr.Row(elem_id=f"{m}_toprow", equal_height=False):
             with gr.Column(scale=6):
                 with gr.Group(elem_classes="prompt-box"):
                     self.prompt_counter = gr.HTML(EMPTY_COUNTER, elem_id=f"{m}_token_counter",
@@ -88,7 +88,7 @@ class GenerationTab:
                                                elem_classes="token-counter-box", padding=False)
                     self._w("negative_prompt", lines=2, max_lines=6, show_label=False,
                             placeholder="Negative prompt", container=False)
-            with gr.Column(scale=1, min_width=220, elem_id=f"{m}_actions"):
+            with gr.Column(scale=1, min_width=240, elem_id=f"{m}_actions"):
                 self.generate = gr.Button("Generate", variant="primary", elem_id=f"{m}_generate", size="lg",
                                           elem_classes="generate-button")
                 with gr.Row(elem_id=f"{m}_interrupt_row"):
@@ -96,14 +96,15 @@ class GenerationTab:
                     self.skip = gr.Button("Skip", elem_id=f"{m}_skip", size="sm", min_width=60)
                 with gr.Row(elem_id=f"{m}_tools", elem_classes="tool-row"):
                     # Dropping a PNG on the prompt uploads it here (ui.LOAD_JS); clicking picks a file.
-                    self.paste_image = gr.UploadButton("🖼", file_types=["image"], type="filepath", size="sm",
+                    self.paste_image = gr.UploadButton("↙", file_types=["image"], type="filepath", size="sm",
                                                        elem_id=f"{m}_paste_image", elem_classes="tool", min_width=40)
                     if tools is not None:
                         tools()
-                if "styles" in BY_NAME:
-                    self._w("styles", choices=self.ctx.style_names())
-                self.presets = PresetControls(self)
-                self.presets.build_dropdown()
+        with gr.Row(elem_id=f"{m}_styles_row"):
+            if "styles" in BY_NAME:
+                self._w("styles", choices=self.ctx.style_names(), scale=3)
+            self.presets = PresetControls(self)
+            self.presets.build_dropdown(scale=2)
 
     def build_sampling(self) -> None:
         with gr.Row():
@@ -190,7 +191,7 @@ class GenerationTab:
         missing = [p.name for p in params_for(self.MODE, exclude_groups=("model",)) if p.name not in self.fields]
         assert not missing, f"{self.MODE} has no widget for {missing}"
         self.ctx.paste.add(PasteTarget(self.MODE, self.tab, {**self.fields, **self.ext_fields}, image, tab_id=self.MODE,
-                                       label=self.MODE, **target_kw))
+                                       label=self.MODE, controlnet=self.controlnet, **target_kw))
         self._events()
 
     def _outdir_text(self) -> str:
@@ -245,7 +246,7 @@ class GenerationTab:
         self.presets.wire()
 
     def _paste_from_image(self, path: str | None):
-        """A PNG dropped on the prompt (or picked with 🖼): its parameters fill this tab's fields."""
+        """A PNG dropped on the prompt (or picked with ↙): its parameters fill this tab's fields."""
         from .ui_pnginfo import paste_updates, read_image_info
 
         target = self.ctx.paste.targets[self.MODE]
@@ -253,8 +254,7 @@ class GenerationTab:
             text, _ = read_image_info(path)
         if not text:
             raise gr.Error("This image has no generation parameters to read")
-        out = paste_updates(self.ctx, target, text, None)
-        return out[:2 + len(target.fields)]
+        return paste_updates(self.ctx, target, text, None, with_image=False)
 
     @staticmethod
     def _schedules(sampler: str, schedule: str):

@@ -104,6 +104,13 @@ def inputs_for(mode: str, values: dict[str, Any], mask_blur: int = 0) -> tuple[A
     raise UserError(f"unknown img2img mode {mode!r}")
 
 
+def _mode_selected(mode: str):
+    def selected():
+        return mode, gr.update(visible=mode in MASKED_MODES)
+
+    return selected
+
+
 class Img2ImgTab(GenerationTab):
     MODE = MODE
     TITLE = "img2img"
@@ -132,7 +139,7 @@ class Img2ImgTab(GenerationTab):
                     self.build_advanced(("resize_mode", "denoising_strength") + INPAINT_PARAMS)
                     self.build_extras()
                 self.build_results()
-        mode_extra = [(self.mode_tabs, gr.Tabs(selected="img2img")), (self.mode, "img2img"),
+        mode_extra = [(self.mode_tabs, gr.update(selected="img2img")), (self.mode, "img2img"),
                       (self.inpaint_group, gr.update(visible=False))]
         self.finish_build(self.init_img, extra=mode_extra)
         # "Send to inpaint" lands in the Inpaint sub-tab of this tab, with the image to paint on.
@@ -141,10 +148,11 @@ class Img2ImgTab(GenerationTab):
     def _inpaint_target(self):
         from .ui_common import PasteTarget
 
-        extra = [(self.mode_tabs, gr.Tabs(selected="inpaint")), (self.mode, "inpaint"),
+        extra = [(self.mode_tabs, gr.update(selected="inpaint")), (self.mode, "inpaint"),
                  (self.inpaint_group, gr.update(visible=True))]
-        return PasteTarget("inpaint", self.tab, dict(self.fields), self.inpaint, tab_id=MODE, image_value=editor_value,
-                           extra=extra, label="inpaint")
+        fields = dict(self.ctx.paste.targets[MODE].fields)   # the img2img target's (extensions' fields too)
+        return PasteTarget("inpaint", self.tab, fields, self.inpaint, tab_id=MODE, image_value=editor_value,
+                           extra=extra, label="inpaint", controlnet=self.controlnet)
 
     def _tools(self) -> None:
         self.interrogate = gr.Button("Interrogate", elem_id="img2img_interrogate", size="sm", min_width=90,
@@ -156,7 +164,7 @@ class Img2ImgTab(GenerationTab):
 
     def _build_inputs(self) -> None:
         self.mode = gr.State("img2img")
-        brush = gr.Brush(default_size=24, colors=["#ffffff"], color_mode="fixed")
+        brush = gr.Brush(default_size="auto", colors=[("#ffffff", 0.75)], color_mode="fixed")   # see the image through
         upload = ["upload", "clipboard"]
         with gr.Tabs(elem_id="img2img_mode_tabs") as self.mode_tabs:
             self.subtabs = {}
@@ -184,7 +192,10 @@ class Img2ImgTab(GenerationTab):
                     self.inpaint_mask = gr.Image(label="Mask (white = repaint)", type="filepath", sources=upload,
                                                  image_mode=None, elem_id="img2img_inpaint_upload_mask",
                                                  height=EDITOR_HEIGHT - 60)
-            with gr.Tab("Batch", id="batch", elem_id="img2img_batch_tab") as self.subtabs["batch"]:
+            # Folders on the server: not offered while the app is exposed (--listen/--share), where it would let
+            # anyone with the password read and write any folder the app can.
+            with gr.Tab("Batch", id="batch", elem_id="img2img_batch_tab",
+                        visible=not self.ctx.exposed) as self.subtabs["batch"]:
                 gr.Markdown("Process every image of a folder on the server. With an output folder, images whose "
                             "outputs are already there are skipped (a stopped batch resumes); masks are the files "
                             "of the same name in the mask folder (or its only image).")
@@ -214,8 +225,7 @@ class Img2ImgTab(GenerationTab):
         super()._events()
         quiet = dict(queue=False, show_progress="hidden", api_visibility="private")
         for mode, tab in self.subtabs.items():
-            tab.select(lambda m=mode: (m, gr.update(visible=m in MASKED_MODES)),
-                       outputs=[self.mode, self.inpaint_group], **quiet)
+            tab.select(_mode_selected(mode), outputs=[self.mode, self.inpaint_group], **quiet)
         images = self.init_image_inputs()
         self.size_from_image.click(self._size_from_image, inputs_kwargs=images,
                                    outputs=[self.fields["width"], self.fields["height"]], show_progress="hidden",
@@ -273,6 +283,9 @@ class Img2ImgTab(GenerationTab):
     def submit(self, req, values: dict[str, Any]):
         mode = values.get("i2i_mode") or "img2img"
         if mode == "batch":
+            if self.ctx.exposed:
+                raise UserError("Batch folders are disabled while the app is exposed (--listen/--share): they would "
+                                "let anyone with the password read and write folders on this machine")
             if not (values.get("batch_input") or "").strip():
                 raise UserError("Batch: type the input folder (a folder on the server)")
             return self.services.submit_img2img_batch(req, values["batch_input"].strip(),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import html
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import gradio as gr
 
@@ -47,7 +47,8 @@ def tops_html(tops: dict[str, list[tuple[str, float]]], limit: int = 3) -> str:
         f"<tr><th>{html.escape(table)}</th><td>"
         + ", ".join(f"{html.escape(p)} <span class='score'>{s:.3f}</span>" for p, s in items[:limit]) + "</td></tr>"
         for table, items in tops.items() if items)
-    return f"<table class='interrogate-tops'>{rows}</table>"
+    return (f"<div class='interrogate-caption'>Best matches per label list (cosine similarity to the image)</div>"
+            f"<table class='interrogate-tops'>{rows}</table>")
 
 
 class InterrogateTab:
@@ -125,9 +126,15 @@ class InterrogateTab:
                 button.visible = False
                 continue
             prompt, negative = target.fields["prompt"], target.fields["negative_prompt"]
-            button.click(lambda text, mode, t=target: self.send(text, mode, t),
+            button.click(self._sender(target),
                          inputs=[self.prompt, self.result_mode], outputs=[self.ctx.tabs, prompt, negative],
                          show_progress="hidden", api_visibility="private")
+
+    def _sender(self, target):
+        def send(text: str, mode: str):
+            return self.send(text, mode, target)
+
+        return send
 
     @staticmethod
     def send(text: str, mode: str, target) -> tuple:
@@ -169,6 +176,3 @@ class InterrogateTab:
         if r.similarity is not None:
             done += f" · CLIP similarity {r.similarity:.3f}"
         yield progress_html(done, state="done"), r.prompt, tops_html(r.tops), r.mode
-
-    def details_for_tests(self) -> dict[str, Any]:  # pragma: no cover - debugging aid
-        return self.services.interrogator.loaded()

@@ -69,9 +69,11 @@ def is_info_only(key: str) -> bool:
     return key in INFO_ONLY or key.startswith("ControlNet")
 
 
-def paste_updates(ctx: "UIContext", target: PasteTarget, text: str | None, image: str | None = None) -> tuple:
-    """Updates for `ctx.paste_outputs(target)`: the tab selected, the checkpoint named by the infotext (when
-    it is among yours), every field the infotext names, then the image and the target's extras."""
+def paste_updates(ctx: "UIContext", target: PasteTarget, text: str | None, image: str | None = None, *,
+                  with_image: bool = True) -> tuple:
+    """Updates for `ctx.paste_outputs(target, with_image)`: the tab selected, the checkpoint named by the
+    infotext (when it is among yours), every field the infotext names, then the image and the target's
+    extras, then the target's ControlNet units (from the infotext's "ControlNet N" entries)."""
     field_updates = [gr.update() for _ in target.fields]
     ckpt_update = gr.update()
     if target.paste_params and target.fields:
@@ -82,9 +84,12 @@ def paste_updates(ctx: "UIContext", target: PasteTarget, text: str | None, image
     elif target.image is not None and not image:
         raise gr.Error("No image to send")
     out = [gr.Tabs(selected=target.tab_id), ckpt_update, *field_updates]
-    if target.image is not None:
+    if with_image and target.image is not None:
         out.append(target.value_for(image) if image else gr.update())
         out += [value for _, value in target.extra]
+    if target.controlnet is not None:
+        params = parse_infotext(text).params if text and target.paste_params else {}
+        out += target.controlnet.paste_updates(params)
     return tuple(out)
 
 

@@ -39,7 +39,10 @@ class PresetControls:
         return getattr(self.ctx.services, "presets", None)
 
     def names(self) -> list[str]:
-        store = self.store
+        return self.names_of(self.store)
+
+    @staticmethod
+    def names_of(store) -> list[str]:
         if store is None:
             return []
         try:
@@ -49,11 +52,11 @@ class PresetControls:
             log.exception("could not list the presets")
             return []
 
-    def build_dropdown(self) -> None:
+    def build_dropdown(self, **kw) -> None:
         m = self.tab.MODE
-        self.dropdown = gr.Dropdown(label="Preset", choices=self.names(), value=None, elem_id=f"{m}_preset",
-                                    interactive=self.store is not None, allow_custom_value=False,
-                                    info="fills the fields; they stay editable")
+        # Listed when the page loads (`preset_lists`): validating presets imports the engine's libraries.
+        self.dropdown = gr.Dropdown(label="Preset (fills the fields; they stay editable)", choices=[], value=None, elem_id=f"{m}_preset", interactive=self.store is not None,
+                                    allow_custom_value=False, **kw)
         self.ctx.preset_dropdowns.append(self.dropdown)
 
     def build_manager(self) -> None:
@@ -66,8 +69,8 @@ class PresetControls:
                                                  elem_id=f"{m}_preset_include_model")
             self.description = gr.Textbox(label="Description", elem_id=f"{m}_preset_description", lines=1)
             with gr.Row(elem_classes="preset-buttons"):
-                self.save = gr.Button("💾 Save preset", size="sm", elem_id=f"{m}_preset_save")
-                self.delete = gr.Button("🗑 Delete selected", size="sm", elem_id=f"{m}_preset_delete")
+                self.save = gr.Button("Save preset", size="sm", elem_id=f"{m}_preset_save")
+                self.delete = gr.Button("Delete selected", size="sm", elem_id=f"{m}_preset_delete")
                 self.reset = gr.Button("↺ Reset to defaults", size="sm", elem_id=f"{m}_preset_reset")
                 self.save_defaults = gr.Button("Save as defaults", size="sm", elem_id=f"{m}_preset_save_defaults")
 
@@ -95,10 +98,8 @@ class PresetControls:
         none = (gr.update(), gr.update(), *[gr.update() for _ in self.tab.fields])
         if not name or store is None:
             return none
-        active = self.ctx.services.manager.active
-        family = active.arch.family if active is not None else None
         with errors_to_ui():
-            values, warnings = store.apply(name, self._values(vals), family=family)
+            values, warnings = store.apply(name, self._values(vals), family=self.family())
         for w in warnings:
             gr.Warning(w)
         ckpt_update = vae_update = gr.update()
@@ -117,6 +118,11 @@ class PresetControls:
             updates.append(gr.update(value=list(v) if isinstance(v, tuple) else v) if field_name in values
                            else gr.update())
         return (ckpt_update, vae_update, *updates)
+
+    def family(self) -> str | None:
+        """The active checkpoint's architecture family (picks a preset's LoRA files)."""
+        active = self.ctx.services.manager.active
+        return active.arch.family if active is not None else None
 
     def save_preset(self, name: str, description: str, include_model: bool, checkpoint: str | None,
                     vae: str | None, *vals):
@@ -152,6 +158,12 @@ class PresetControls:
         mine = self.ctx.preset_dropdowns.index(self.dropdown)
         return tuple(gr.update(choices=names, value=select) if i == mine else gr.update(choices=names)
                      for i in range(n))
+
+
+def preset_lists(ctx) -> tuple:
+    """Updates for every preset picker: the presets' names (page load)."""
+    names = PresetControls.names_of(getattr(ctx.services, "presets", None))
+    return tuple(gr.update(choices=names) for _ in ctx.preset_dropdowns)
 
 
 # ============================================================================================ networks

@@ -198,8 +198,7 @@ class ClipModel:
         order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
         done = 0
         with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                idx = order[start:start + batch_size]
+            for idx in _length_batches(order, [min(len(x), self.context_length) for x in ids], batch_size):
                 batch = [ids[i] for i in idx]
                 if self._fast:
                     length = min(self.context_length, max(len(b) for b in batch))
@@ -244,8 +243,7 @@ class ClipModel:
         with torch.inference_mode():
             past = _prefix_kv(self.model, torch.tensor([cont.shared[:shared]], device=self.device))
             order = sorted(range(n), key=lambda i: len(rows[i]))
-            for start in range(0, n, batch_size):
-                idx = order[start:start + batch_size]
+            for idx in _length_batches(order, [len(r) for r in rows], batch_size):
                 rest = [rows[i] for i in idx]
                 tokens = _pad(torch, rest, max(len(r) for r in rest)).to(self.device)
                 eot = torch.tensor([len(r) - 1 for r in rest], device=self.device)
@@ -287,6 +285,25 @@ def _accepts_context(tok) -> bool:
         return "context_length" in inspect.signature(tok.__call__).parameters
     except (TypeError, ValueError):
         return False
+
+
+def _length_batches(order: Sequence[int], lengths: Sequence[int], batch_size: int,
+                    slack: float = 1.2) -> list[list[int]]:
+    """Split `order` (indices sorted by length) into batches of at most `batch_size` whose padding
+    (every row runs as long as the batch's longest) costs at most `slack` x the real tokens."""
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    tokens = 0
+    for i in order:
+        n = lengths[i]
+        if cur and (len(cur) >= batch_size or n * (len(cur) + 1) > slack * (tokens + n)):
+            batches.append(cur)
+            cur, tokens = [], 0
+        cur.append(i)
+        tokens += n
+    if cur:
+        batches.append(cur)
+    return batches
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

@@ -193,7 +193,7 @@ def build_table(name: str, labels: Sequence[str], *, model_name: str, fingerprin
 def merge_tables(tables: Mapping[str, LabelTable], names: Sequence[str] = PROMPT_TABLES) -> LabelTable:
     import torch
 
-    parts = [tables[n] for n in names if n in tables]
+    parts = [tables[n] for n in names if n in tables and len(tables[n])]
     labels = [label for t in parts for label in t.labels]
     embeds = torch.cat([t.embeds for t in parts]) if parts else torch.empty(0, 0, dtype=torch.float16)
     return LabelTable("+".join(names), labels, embeds)

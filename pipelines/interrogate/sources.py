@@ -205,6 +205,15 @@ class ModelSources:
                 names.append(sub.name)
         return names
 
+    def available_locally(self, name: str) -> bool:
+        """True when the CLIP or caption model `name` is on disk (using it needs no download)."""
+        try:
+            if name in CLIP_MODELS or name in self.clip_names():
+                return self._local_clip(name) is not None
+            return self._local_caption(name) is not None
+        except UserError:   # an incomplete caption folder is not usable either
+            return False
+
     # ------------------------------------------------------------------ CLIP
     def _local_clip(self, name: str) -> ClipSource | None:
         spec = CLIP_MODELS.get(name)

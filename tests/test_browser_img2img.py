@@ -1,0 +1,181 @@
+"""img2img end to end in a real browser (Debian's Chromium driven by Playwright), the app on a tiny model.
+
+Inpaint upload: upload an image and a mask, Generate, the result shows in the gallery and the saved file's
+embedded parameters carry the img2img keys (Denoising strength, Mask blur). The saved PNG dropped on the
+txt2img prompt fills the fields. Interrogate (tiny random CLIP + caption models in models/interrogate)
+turns an image into a prompt. Screenshots: docs/screenshots/img2img.png, interrogate.png.
+"""
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parent.parent
+SHOTS = ROOT / "docs" / "screenshots"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update"]
+PROMPT = "a red barn in a green field"
+
+
+def chromium_path() -> str | None:
+    for name in (os.environ.get("CHROMIUM_PATH"), "chromium", "chromium-browser", "google-chrome"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser():
+    path = chromium_path()
+    if path is None:
+        pytest.skip("chromium not found (apt-get install chromium, or `python launch.py --run-tests` installs it)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("the playwright Python package is not installed (pip install -r requirements-dev.txt)")
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def write_inputs(folder: Path) -> tuple[Path, Path]:
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (96, 64), (70, 140, 60))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((30, 14, 66, 50), fill=(170, 30, 30))
+    draw.polygon([(26, 16), (48, 2), (70, 16)], fill=(120, 20, 20))
+    mask = Image.new("L", (96, 64), 0)
+    ImageDraw.Draw(mask).ellipse((36, 22, 60, 46), fill=255)
+    folder.mkdir(parents=True, exist_ok=True)
+    image.save(folder / "barn.png")
+    mask.save(folder / "barn-mask.png")
+    return folder / "barn.png", folder / "barn-mask.png"
+
+
+def write_interrogation_models(data: Path) -> None:
+    """Tiny random CLIP + BLIP in models/interrogate, and short label lists in <data>/interrogate."""
+    from bench.interrogate import tiny_label_lists, write_blip, write_open_clip
+
+    write_open_clip(data / "models" / "interrogate" / "tiny-clip")
+    write_blip(data / "models" / "interrogate" / "blip-tiny")
+    lists = tiny_label_lists()
+    lists["artists"] = ["Claude Monet", "Hokusai", "Ansel Adams"]        # raw names / sites, as the files hold them
+    lists["trendings"] = ["Artstation", "pixiv"]
+    (data / "interrogate").mkdir(exist_ok=True)
+    for name, items in lists.items():
+        (data / "interrogate" / f"{name}.txt").write_text("\n".join(items) + "\n")
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    from webui.testing import AppProcess, make_tiny_data_dir, tiny_app_args
+
+    data = make_tiny_data_dir(tmp_path_factory.mktemp("browser-img2img"))
+    write_interrogation_models(data)
+    with AppProcess(tiny_app_args(data)) as proc:
+        proc.wait_model_loaded()
+        proc.data = data
+        proc.inputs = write_inputs(data / "inputs")
+        yield proc
+
+
+@pytest.fixture(scope="module")
+def page(browser, app):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda err: errors.append(str(err)))
+    pg.goto(app.url)
+    pg.wait_for_selector("#txt2img_generate", timeout=30_000)
+    pg.js_errors = errors
+    yield pg
+    context.close()
+
+
+def set_number(page, elem_id: str, value) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]").first
+    box.fill(str(value))
+    box.press("Tab")
+
+
+def outputs(app, kind: str) -> list[Path]:
+    return sorted((app.data / "outputs" / kind).rglob("*.png"))
+
+
+def test_inpaint_upload_generates_and_saves(page, app):
+    from pipelines.image_metadata import read_infotext
+
+    image, mask = app.inputs
+    page.click("#tab_img2img-button")
+    page.click("#img2img_inpaint_upload_tab-button")
+    page.locator("#img2img_inpaint_upload_image input[type=file]").set_input_files(str(image))
+    page.locator("#img2img_inpaint_upload_mask input[type=file]").set_input_files(str(mask))
+    page.wait_for_selector("#img2img_inpaint_upload_mask img", timeout=20_000)
+    assert page.locator("#img2img_mask_blur").is_visible()        # mask settings shown on inpaint sub-tabs
+    page.locator("#img2img_prompt textarea").fill(PROMPT)
+    set_number(page, "img2img_steps", 4)
+    set_number(page, "img2img_width", 96)
+    set_number(page, "img2img_height", 64)
+    set_number(page, "img2img_denoising_strength", 0.75)
+    seed = page.locator("#img2img_seed input")
+    seed.fill("4321")
+    seed.press("Tab")
+    before = set(outputs(app, "img2img-images"))
+    page.click("#img2img_generate")
+    page.wait_for_function("document.querySelector('#img2img_progress').innerText.includes('Done')", timeout=90_000)
+    page.wait_for_selector("#img2img_gallery img", timeout=30_000)
+    new = sorted(set(outputs(app, "img2img-images")) - before)
+    assert len(new) == 1, new
+    text, _ = read_infotext(new[0])
+    assert text.startswith(PROMPT)
+    for part in ("Steps: 4", "Seed: 4321", "Size: 96x64", "Denoising strength: 0.75", "Mask blur: 4"):
+        assert part in text
+    assert page.input_value("#img2img_infotext textarea") == text
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "img2img.png"), full_page=True)
+    app.saved = new[0]
+    assert not page.js_errors, page.js_errors
+
+
+def test_png_dropped_on_the_prompt_fills_txt2img(page, app):
+    path = getattr(app, "saved", None)
+    if path is None:
+        pytest.skip("needs the image saved by the inpaint test")
+    page.click("#tab_txt2img-button")
+    data = base64.b64encode(path.read_bytes()).decode()
+    transfer = page.evaluate_handle(
+        """(b64) => {
+            const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+            const dt = new DataTransfer();
+            dt.items.add(new File([bytes], 'dropped.png', {type: 'image/png'}));
+            return dt;
+        }""", data)
+    page.dispatch_event("#txt2img_prompt textarea", "drop", {"dataTransfer": transfer})
+    page.wait_for_function(f"document.querySelector('#txt2img_prompt textarea').value === {PROMPT!r}",
+                           timeout=20_000)
+    assert page.input_value("#txt2img_steps input[type=number]") == "4"
+    assert page.input_value("#txt2img_seed input") == "4321"
+
+
+def test_interrogate_turns_an_image_into_a_prompt(page, app):
+    image, _ = app.inputs
+    page.click("#tab_interrogate-button")
+    page.locator("#interrogate_image input[type=file]").set_input_files(str(image))
+    page.wait_for_selector("#interrogate_image img", timeout=20_000)
+    page.click("#interrogate_run")
+    page.wait_for_function("document.querySelector('#interrogate_progress').innerText.includes('Done')",
+                           timeout=90_000)
+    prompt = page.input_value("#interrogate_prompt textarea")
+    assert prompt and "tiny-clip" in page.inner_text("#interrogate_progress")
+    page.screenshot(path=str(SHOTS / "interrogate.png"), full_page=True)
+    page.click("#interrogate_send_to_img2img")
+    page.wait_for_function(f"document.querySelector('#img2img_prompt textarea').value === {prompt!r}",
+                           timeout=15_000)
