@@ -159,7 +159,8 @@ def test_controlnet_units_sliders_and_models(ui):
     panel = tab.controlnet
     assert panel is not None and len(panel.units) == 2 and ui.tab_objects["img2img"].controlnet is not None
     res, a, b = slider_updates("canny")
-    assert a["visible"] and a["label"] == "Canny Low Threshold" and (a["minimum"], a["maximum"], a["value"]) == (1, 255, 100)
+    assert a["visible"] and a["label"] == "Canny Low Threshold"
+    assert (a["minimum"], a["maximum"], a["value"]) == (1, 255, 100)
     assert b["label"] == "Canny High Threshold" and res["label"] == "Preprocessor Resolution"
     assert [u["visible"] for u in slider_updates("none")] == [False, False, False]
     titles, note = panel.model_choices()

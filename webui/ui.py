@@ -50,7 +50,8 @@ CSS = """
 .prompt-box.drop-target textarea { outline: 2px dashed var(--color-accent); }
 .align-end { align-self: end; height: 40px; }
 .cn-note p { font-size: 0.85em; opacity: 0.8; margin: 0; }
-#interrogate_details table.interrogate-tops { width: 100%; border-collapse: collapse; font-size: 0.9em; margin: 4px 0 0 0;
+#interrogate_details table.interrogate-tops { width: 100%; border-collapse: collapse; font-size: 0.9em;
+                                            margin: 4px 0 0 0;
                                             border: none !important; box-shadow: none; }
 #interrogate_details .interrogate-tops tr { border: none !important; }
 #interrogate_details .interrogate-tops th, #interrogate_details .interrogate-tops td {

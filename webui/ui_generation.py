@@ -224,7 +224,8 @@ class GenerationTab:
                             concurrency_limit=64, concurrency_id="generate", api_name=self.MODE)
         self.interrupt.click(self._interrupt, queue=False, api_visibility="private")
         self.skip.click(self._skip, queue=False, api_visibility="private")
-        self.gallery.select(self._select, inputs=self.result_state, outputs=[self.infotext, self.result_state, self.save],
+        self.gallery.select(self._select, inputs=self.result_state,
+                            outputs=[self.infotext, self.result_state, self.save],
                             **quiet)
         self.open_folder.click(self._open_folder, inputs=self.result_state, queue=False, api_visibility="private")
         self.networks.wire()

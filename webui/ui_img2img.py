@@ -230,7 +230,8 @@ class Img2ImgTab(GenerationTab):
         self.size_from_image.click(self._size_from_image, inputs_kwargs=images,
                                    outputs=[self.fields["width"], self.fields["height"]], show_progress="hidden",
                                    api_visibility="private")
-        self.interrogate.click(self.run_interrogate, inputs_kwargs=images, outputs=[self.fields["prompt"], self.progress],
+        self.interrogate.click(self.run_interrogate, inputs_kwargs=images,
+                               outputs=[self.fields["prompt"], self.progress],
                                show_progress="hidden", api_visibility="private", concurrency_limit=8)
 
     def current_image(self, values: dict[str, Any]):

@@ -73,7 +73,8 @@ class InterrogateTab:
                 here = False
             return (name if here else f"{name} (download)", name)
 
-        clips = [("Automatic (matches the checkpoint)", AUTO)] + [mark(n, sources._local_clip) for n in it.clip_models()]
+        clips = [("Automatic (matches the checkpoint)", AUTO)]
+        clips += [mark(n, sources._local_clip) for n in it.clip_models()]
         captions = [("Automatic", AUTO)] + [mark(n, sources._local_caption) for n in it.caption_models()]
         return clips, captions
 

@@ -55,7 +55,8 @@ class PresetControls:
     def build_dropdown(self, **kw) -> None:
         m = self.tab.MODE
         # Listed when the page loads (`preset_lists`): validating presets imports the engine's libraries.
-        self.dropdown = gr.Dropdown(label="Preset (fills the fields; they stay editable)", choices=[], value=None, elem_id=f"{m}_preset", interactive=self.store is not None,
+        self.dropdown = gr.Dropdown(label="Preset (fills the fields; they stay editable)", choices=[], value=None,
+                                    elem_id=f"{m}_preset", interactive=self.store is not None,
                                     allow_custom_value=False, **kw)
         self.ctx.preset_dropdowns.append(self.dropdown)
 
