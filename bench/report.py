@@ -8,7 +8,6 @@ Each result file contributes its headline figures; the table sits between the
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from bench.common import BENCH_DIR, RESULTS
 
