@@ -75,7 +75,7 @@ def generated(browser, app):
     counter = page.locator("#txt2img_token_counter span.token-counter").text_content().strip()
     page.click("#txt2img_generate")
     page.wait_for_selector("#txt2img_gallery img", timeout=90_000)
-    page.wait_for_function("document.querySelector('#txt2img_progress').innerText.includes('Done')", timeout=90_000)
+    page.wait_for_function("document.querySelector('#txt2img_progress')?.innerText.includes('Done')", timeout=90_000)
     infotext = page.input_value("#txt2img_infotext textarea")
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / "txt2img.png"), full_page=True)
@@ -112,7 +112,7 @@ def test_pnginfo_sends_every_field_to_txt2img(page, generated, app):
     page.screenshot(path=str(SHOTS / "pnginfo.png"), full_page=True)
     page.click("#pnginfo_send_to_txt2img")
     page.wait_for_function(
-        f"document.querySelector('#txt2img_prompt textarea').value === {PROMPT!r}", timeout=15_000)
+        f"document.querySelector('#txt2img_prompt textarea')?.value === {PROMPT!r}", timeout=15_000)
     assert page.locator("#tab_txt2img").is_visible()
     assert page.input_value("#txt2img_negative_prompt textarea") == NEGATIVE
     assert page.input_value("#txt2img_steps input[type=number]") == "3"

@@ -106,7 +106,7 @@ def test_inpaint_upload_generates_and_saves(page, app):
     seed.press("Tab")
     before = set(outputs(app, "img2img-images"))
     page.click("#img2img_generate")
-    page.wait_for_function("document.querySelector('#img2img_progress').innerText.includes('Done')", timeout=90_000)
+    page.wait_for_function("document.querySelector('#img2img_progress')?.innerText.includes('Done')", timeout=90_000)
     page.wait_for_selector("#img2img_gallery img", timeout=30_000)
     new = sorted(set(outputs(app, "img2img-images")) - before)
     assert len(new) == 1, new
@@ -135,7 +135,7 @@ def test_png_dropped_on_the_prompt_fills_txt2img(page, app):
             return dt;
         }""", data)
     page.dispatch_event("#txt2img_prompt textarea", "drop", {"dataTransfer": transfer})
-    page.wait_for_function(f"document.querySelector('#txt2img_prompt textarea').value === {PROMPT!r}",
+    page.wait_for_function(f"document.querySelector('#txt2img_prompt textarea')?.value === {PROMPT!r}",
                            timeout=20_000)
     assert page.input_value("#txt2img_steps input[type=number]") == "4"
     assert page.input_value("#txt2img_seed input") == "4321"
@@ -147,11 +147,11 @@ def test_interrogate_turns_an_image_into_a_prompt(page, app):
     page.locator("#interrogate_image input[type=file]").set_input_files(str(image))
     page.wait_for_selector("#interrogate_image img", timeout=20_000)
     page.click("#interrogate_run")
-    page.wait_for_function("document.querySelector('#interrogate_progress').innerText.includes('Done')",
+    page.wait_for_function("document.querySelector('#interrogate_progress')?.innerText.includes('Done')",
                            timeout=90_000)
     prompt = page.input_value("#interrogate_prompt textarea")
     assert prompt and "tiny-clip" in page.inner_text("#interrogate_progress")
     page.screenshot(path=str(SHOTS / "interrogate.png"), full_page=True)
     page.click("#interrogate_send_to_img2img")
-    page.wait_for_function(f"document.querySelector('#img2img_prompt textarea').value === {prompt!r}",
+    page.wait_for_function(f"document.querySelector('#img2img_prompt textarea')?.value === {prompt!r}",
                            timeout=15_000)

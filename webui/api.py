@@ -120,10 +120,8 @@ class ApiState:
         self.store = OptionsStore(data_dir / OPTIONS_FILE, services.saver.root)
         self.data_dir = data_dir
         self._lock = threading.Lock()
-        self._interrogator = None
         self._styles = None
         self._styles_stamp = None
-        self._interrogate_control = None
         self._preview_cache: tuple[Any, str] | None = None
         self.last_checkpoint: str | None = None   # what unload-checkpoint dropped (reload brings it back)
 
@@ -211,54 +209,6 @@ class ApiState:
             raise job.error
         return job.result
 
-    # ------------------------------------------------------------------ interrogation
-    def interrogator(self):
-        """The app's interrogator (`services.interrogator`), else one made here on first use."""
-        existing = getattr(self.services, "interrogator", None)
-        if existing is not None:
-            return existing
-        with self._lock:
-            if self._interrogator is None:
-                from pipelines.interrogate import Interrogator
-
-                lists = self.data_dir / "interrogate"
-                it = Interrogator.from_paths(self.services.paths, device=self.services.manager.policy.device,
-                                             lists_dir=lists if lists.is_dir() else None)
-                it.add_listener(self._interrogate_progress)
-                self._interrogator = it
-            return self._interrogator
-
-    def _interrogate_progress(self, stage: str, fraction: float) -> None:
-        control = self._interrogate_control
-        if control is not None:
-            control.update(fraction=max(0.0, min(1.0, fraction)), text=stage)
-            control.check()
-
-    def pick_models(self, it, clip: str | None, caption: str | None) -> tuple[str, str]:
-        """Named models, else the one matching the active checkpoint / the default, preferring those on disk."""
-        from pipelines.interrogate import CAPTION_MODELS, CLIP_MODELS, DEFAULT_CAPTION, clip_for_family
-
-        def on_disk(name: str, builtin, finder: str) -> bool:
-            check = getattr(it.sources, "available_locally", None) or getattr(it.sources, finder, None)
-            if check is None:
-                return name not in builtin   # other names are only listed when found on disk
-            try:
-                return bool(check(name))
-            except UserError:
-                return False
-
-        def local_first(preferred: str, names: list[str], builtin, finder: str) -> str:
-            local = [n for n in names if on_disk(n, builtin, finder)]
-            return preferred if preferred in local or not local else local[0]
-
-        active = self.services.manager.active
-        if not clip:
-            clip = local_first(clip_for_family(active.arch.family if active else None), it.clip_models(),
-                               CLIP_MODELS, "_local_clip")
-        if not caption:
-            caption = local_first(getattr(it, "default_caption", DEFAULT_CAPTION), it.caption_models(),
-                                  CAPTION_MODELS, "_local_caption")
-        return clip, caption
 
     # ------------------------------------------------------------------ progress preview
     def preview_b64(self, job, snap) -> Optional[str]:
@@ -357,18 +307,11 @@ def create_api_router(services, access=None) -> APIRouter:
             raise _error(501, None, "interrogation is not available in this build")
         try:
             image = await run_in_threadpool(lambda: decode_image(body.image, "image").convert("RGB"))
-            it = await run_in_threadpool(state.interrogator)
-            pick = getattr(services, "interrogate_models", None) or (lambda c, m: state.pick_models(it, c, m))
-            clip, caption = await run_in_threadpool(pick, body.clip_model, body.caption_model)
-
-            def work(control):
-                state._interrogate_control = control
-                try:
-                    return it.interrogate(image, mode, clip_model=clip, caption_model=caption)
-                finally:
-                    state._interrogate_control = None
-
-            result = await state.run(work, f"api interrogate ({mode})")
+            it = await run_in_threadpool(lambda: services.interrogator)
+            clip, caption = await run_in_threadpool(services.interrogate_models, body.clip_model, body.caption_model)
+            # Progress and interrupt reach the running queue job through the services' interrogator listener.
+            result = await state.run(lambda control: it.interrogate(image, mode, clip_model=clip, caption_model=caption),
+                                     f"api interrogate ({mode})")
         except Interrupted:
             return {"caption": None}
         except Exception as err:

@@ -114,26 +114,19 @@ class Services:
     def interrogate_models(self, clip: str | None = None, caption: str | None = None) -> tuple[str, str]:
         """The named models, else the CLIP model matching the active checkpoint's family and the default
         caption model, preferring models already on disk (no download needed)."""
-        from pipelines.errors import UserError
         from pipelines.interrogate import clip_for_family
 
         it = self.interrogator
 
-        def local(kind: str, name: str) -> bool:
-            try:
-                return (it.sources._local_clip(name) if kind == "clip" else it.sources._local_caption(name)) is not None
-            except UserError:
-                return False
-
-        def pick(kind: str, preferred: str, names: list[str]) -> str:
-            on_disk = [n for n in names if local(kind, n)]
+        def pick(preferred: str, names: list[str]) -> str:
+            on_disk = [n for n in names if it.sources.available_locally(n)]
             return preferred if preferred in on_disk or not on_disk else on_disk[0]
 
         active = self.manager.active
         if not clip:
-            clip = pick("clip", clip_for_family(active.arch.family if active else None), it.clip_models())
+            clip = pick(clip_for_family(active.arch.family if active else None), it.clip_models())
         if not caption:
-            caption = pick("caption", it.default_caption, it.caption_models())
+            caption = pick(it.default_caption, it.caption_models())
         return clip, caption
 
     def submit_interrogate(self, image, mode: str = "classic", *, clip_model: str | None = None,
@@ -154,7 +147,8 @@ def create_services(args: argparse.Namespace, *, config_root: Path | None = None
     paths = ModelPaths(models_dir=data / "models", ckpt_dirs=list(args.ckpt_dir),
                        extra_models_dirs=list(args.models_dir), cache_dir=data / "cache")
     registry = ModelRegistry(paths, hashing=not args.no_hashing)
-    policy = make_policy(args.device, args.precision, "xformers" if args.xformers else "auto", args.lowvram)
+    policy = make_policy(args.device, args.precision, "xformers" if args.xformers else "auto", args.lowvram,
+                         args.compile)
     manager = PipelineManager(registry, policy=policy, cache_size=args.ckpt_cache, config_root=config_root,
                               sd2_prediction=args.sd2_prediction)
     saver = OutputSaver(args.outdir)

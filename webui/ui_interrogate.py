@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 
-from pipelines.errors import UserError
 
 from .ui_common import errors_to_ui, progress_html, user_error
 
@@ -66,16 +65,11 @@ class InterrogateTab:
             log.exception("the interrogator could not be created")
             return [("Automatic", AUTO)], [("Automatic", AUTO)]
 
-        def mark(name: str, local) -> tuple[str, str]:
-            try:
-                here = local(name) is not None
-            except UserError:
-                here = False
-            return (name if here else f"{name} (download)", name)
+        def mark(name: str) -> tuple[str, str]:
+            return (name if sources.available_locally(name) else f"{name} (download)", name)
 
-        clips = [("Automatic (matches the checkpoint)", AUTO)]
-        clips += [mark(n, sources._local_clip) for n in it.clip_models()]
-        captions = [("Automatic", AUTO)] + [mark(n, sources._local_caption) for n in it.caption_models()]
+        clips = [("Automatic (matches the checkpoint)", AUTO)] + [mark(n) for n in it.clip_models()]
+        captions = [("Automatic", AUTO)] + [mark(n) for n in it.caption_models()]
         return clips, captions
 
     # ------------------------------------------------------------------ layout
