@@ -24,8 +24,10 @@ HEADLINES: dict[str, list[tuple[str, str, str]]] = {
     "txt2img": [("engine_s", "txt2img through the engine", "{} s"),
                 ("bare_diffusers_s", "bare diffusers call, same model", "{} s"),
                 ("engine_over_bare", "engine / bare diffusers (target <= 1.05)", "{}x")],
-    "startup": [("median_s", "start to UI answering, no model", "{} s")],
-    "presets": [("speedup", "Fast LCM 4 steps vs Balanced (target >= 10)", "{}x")],
+    "startup": [("median_seconds", "start to UI answering, no model (target <= 10)", "{} s")],
+    "presets": [("balanced_s", "Balanced preset, one 512x512 image", "{} s"),
+                ("fast_s", "Fast LCM 4 steps preset, one 512x512 image", "{} s"),
+                ("balanced_over_fast", "Balanced / Fast (target >= 10)", "{}x")],
     "speed": [("unet_step_s_fp32", "UNet CFG step fp32", "{} s"), ("unet_step_s_bf16", "UNet CFG step bf16", "{} s"),
               ("bf16_speedup_over_fp32", "bf16 / fp32 speed-up (target >= 1.5)", "{}x"),
               ("fraction_of_peak_bf16", "bf16 UNet step, fraction of matmul peak (target >= 0.5)", "{}")],
@@ -44,7 +46,7 @@ def rows() -> list[str]:
     for path in sorted(RESULTS.glob("*.json")):
         data = json.loads(path.read_text())
         figs = data.get("figures", {})
-        cond = ", ".join(f"{k}={figs[k]}" for k in ("precision", "size", "steps", "device") if k in figs)
+        cond = ", ".join(f"{k}={figs[k]}" for k in ("precision", "size", "steps") if k in figs)
         for key, label, fmt in HEADLINES.get(data["name"], []):
             if key in figs:
                 out.append(f"| {data['name']} | {label} | {fmt.format(figs[key])} | {cond} | {data['date'][:10]} |")

@@ -75,6 +75,28 @@ def main(argv=None) -> None:
                 if args.device != "cpu":
                     torch.cuda.synchronize()
                 times.append(time.perf_counter() - start)
+            # The same step and a VAE decode with channels_last weights/activations (NHWC convolutions).
+            vae = manager.active.pipe.vae
+            z = torch.randn(1, 4, lat, lat, dtype=dtype, device=args.device)
+            decode = []
+            for _ in range(args.repeat):
+                start = time.perf_counter()
+                vae.decode(z)
+                decode.append(time.perf_counter() - start)
+            unet.to(memory_format=torch.channels_last)
+            vae.to(memory_format=torch.channels_last)
+            x_cl = x.contiguous(memory_format=torch.channels_last)
+            cl_times, cl_decode = [], []
+            for _ in range(args.repeat):
+                start = time.perf_counter()
+                unet(x_cl, t, ctx)
+                cl_times.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                vae.decode(z.contiguous(memory_format=torch.channels_last))
+                cl_decode.append(time.perf_counter() - start)
+        figures[f"vae_decode_s_{prec}"] = round(statistics.median(decode), 3)
+        figures[f"vae_decode_s_{prec}_channels_last"] = round(statistics.median(cl_decode), 3)
+        figures[f"unet_step_s_{prec}_channels_last"] = round(statistics.median(cl_times), 3)
         step = statistics.median(times)
         peak = matmul_peak(dtype, args.device)
         achieved = flops / step / 1e9
@@ -84,7 +106,7 @@ def main(argv=None) -> None:
         figures[f"matmul_peak_gflops_{prec}"] = round(peak, 1)
         figures[f"fraction_of_peak_{prec}"] = round(achieved / peak, 3)
         figures[f"rss_mb_{prec}"] = round(rss_mb())
-        del unet, manager, x, ctx
+        del unet, vae, manager, x, ctx
         gc.collect()
     if "unet_step_s_fp32" in figures and "unet_step_s_bf16" in figures:
         figures["bf16_speedup_over_fp32"] = round(figures["unet_step_s_fp32"] / figures["unet_step_s_bf16"], 2)

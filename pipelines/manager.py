@@ -134,6 +134,12 @@ class PipelineManager:
             pipe.unet.compile(mode="max-autotune-no-cudagraphs" if self._on_gpu else "default")
             pipe.unet._compiled = True
         if not self._on_gpu:
+            # Measured (bench/speed.py, 2-core CPU): channels_last makes the VAE decode 10-14% faster but the
+            # UNet step 7-20% slower, so only the VAE gets it.
+            import torch
+
+            if pipe.vae is not None:
+                pipe.vae.to(memory_format=torch.channels_last)
             return  # loaded on the CPU in the policy's dtype already: nothing to move
         if device != "cpu" and self.policy.lowvram:
             pipe.enable_model_cpu_offload(device=device)
