@@ -14,6 +14,8 @@ import os
 import threading
 from pathlib import Path
 
+from .fileio import atomic_write
+
 _CHUNK = 1 << 20
 
 
@@ -65,10 +67,7 @@ class HashCache:
     def _save(self) -> None:
         if not self.cache_file:
             return
-        self.cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.cache_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self._data, indent=1), encoding="utf-8")
-        os.replace(tmp, self.cache_file)
+        atomic_write(self.cache_file, json.dumps(self._data, indent=1).encode("utf-8"))
 
     def sha256(self, path: str | os.PathLike, *, compute: bool = True) -> str | None:
         """Cached sha256 of `path`; None when not cached and `compute` is False."""

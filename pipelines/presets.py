@@ -41,7 +41,7 @@ from typing import Any
 
 from . import params, samplers
 from .errors import ParameterError, UserError
-from .styles import atomic_write
+from .fileio import atomic_write
 
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "presets"
 DEFAULTS_FILE = "defaults.json"

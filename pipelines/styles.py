@@ -24,13 +24,13 @@ import csv
 import io
 import os
 import shutil
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 from .errors import UserError
+from .fileio import atomic_write
 
 FIELDS = ("name", "prompt", "negative_prompt")
 PLACEHOLDER = "{prompt}"
@@ -207,23 +207,6 @@ class StyleDatabase:
                 shutil.copy2(self.path, str(self.path) + ".bak")
             atomic_write(self.path, data)
             return self.path
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a temporary file in the same folder + rename: never half-written."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def apply_to_request(db: StyleDatabase | None, req):

@@ -10,9 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import re
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +18,7 @@ from typing import Any, Optional
 
 from pydantic import ConfigDict, Field, create_model
 
+from pipelines.fileio import atomic_write
 from pipelines.errors import ParameterError
 from pipelines.image_metadata import FORMATS
 
@@ -208,19 +207,7 @@ class OptionsStore:
     def _write(self, data: dict[str, Any]) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".options-", suffix=".tmp", dir=self.path.parent)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as f:
-                    json.dump(data, f, indent=2, sort_keys=True)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, self.path)
-            except BaseException:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
-                raise
+            atomic_write(self.path, json.dumps(data, indent=2, sort_keys=True).encode("utf-8"))
         except OSError as err:
             log.warning("could not save options to %s: %s", self.path, err)
 
