@@ -137,3 +137,22 @@ def browser():
         b = pw.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
         yield b
         b.close()
+
+
+def open_page(browser, url: str):
+    """A page on the app, ready once the txt2img tab has rendered; page errors are kept in `js_errors`."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda err: errors.append(str(err)))
+    pg.goto(url)
+    pg.wait_for_selector("#txt2img_generate", timeout=30_000)
+    pg.js_errors = errors
+    yield pg
+    context.close()
+
+
+def set_number(page, elem_id: str, value) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]").first
+    box.fill(str(value))
+    box.press("Tab")

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import open_page, set_number
+
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,21 +67,9 @@ def app(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(browser, app):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    pg = context.new_page()
-    errors: list[str] = []
-    pg.on("pageerror", lambda err: errors.append(str(err)))
-    pg.goto(app.url)
-    pg.wait_for_selector("#txt2img_generate", timeout=30_000)
-    pg.js_errors = errors
-    yield pg
-    context.close()
+    yield from open_page(browser, app.url)
 
 
-def set_number(page, elem_id: str, value) -> None:
-    box = page.locator(f"#{elem_id} input[type=number]").first
-    box.fill(str(value))
-    box.press("Tab")
 
 
 def outputs(app, kind: str) -> list[Path]:

@@ -20,15 +20,6 @@ from conftest import FILES
 LONG = "a photo of a red cat sitting on a green chair in the morning light " * 7  # no commas: no backtrack
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, and the 2 shared cores stay free for others."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def manager(tiny_models, tmp_path_factory):
     paths = ModelPaths(tiny_models.models, cache_dir=tmp_path_factory.mktemp("cond-cache"))

@@ -14,16 +14,6 @@ from pipelines.interrogate.sources import ClipSpec, ModelSources
 TINY_ARCH = "tiny-interrogate-test"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("clip") / "interrogate"
