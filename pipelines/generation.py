@@ -75,13 +75,25 @@ class GenerationResult:
 class _StepTracker:
     """Counts sampler steps over the whole job for progress, previews, ETA and interrupt checks."""
 
-    def __init__(self, control: JobControl | None, total_steps: int, images: int, sdxl: bool, preview_every: int):
+    def __init__(self, control: JobControl | None, total_steps: int, images: int, sdxl: bool, preview_every: int,
+                 tiny_vae=None):
         self.control = control
         self.total = max(1, total_steps)
         self.done = 0
         self.images = images
         self.sdxl = sdxl
         self.preview_every = preview_every
+        self.tiny_vae = tiny_vae   # TAESD when its weights are there: a real preview; else the linear one
+
+    def preview(self, latents: torch.Tensor):
+        if self.tiny_vae is None:
+            return approx_rgb(latents, self.sdxl)
+        from PIL import Image
+
+        with torch.no_grad():
+            rgb = self.tiny_vae.decode(latents[:1].to(self.tiny_vae.dtype), return_dict=False)[0][0]
+        arr = ((rgb.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        return Image.fromarray(arr, "RGB")
 
     def step(self, latents: torch.Tensor | None, step: int, steps: int, image: int, label: str) -> None:
         self.done += 1
@@ -91,7 +103,7 @@ class _StepTracker:
                                        image=image, images=self.images,
                                        text=f"{label} step {step + 1}/{steps}, image {image + 1}/{self.images}")
         if latents is not None and self.preview_every and ((step + 1) % self.preview_every == 0):
-            changes["preview"] = approx_rgb(latents, self.sdxl)
+            changes["preview"] = self.preview(latents)
         self.control.update(**changes)
         self.control.check()
 
@@ -206,7 +218,8 @@ class Engine:
         per_image_steps = _callbacks(loaded, req, req.steps)
         if hr_steps:
             per_image_steps += _callbacks(loaded, req, _hires_total(loaded, hr_steps, req.denoising_strength), hr_steps)
-        tracker = _StepTracker(control, per_image_steps * req.n_iter, n_images, sdxl, self.preview_every)
+        tracker = _StepTracker(control, per_image_steps * req.n_iter, n_images, sdxl, self.preview_every,
+                               self._preview_decoder(control))
 
         encoder = job.encoder(pipe, req.clip_skip) if job else PromptEncoder(pipe, req.clip_skip)
         enc_req = job.encode_request if job else req   # LoRA tags out of the prompt that is encoded
@@ -224,7 +237,7 @@ class Engine:
                                              b_seeds, b_subseeds, tracker, b0, "txt2img", cn=cn)
                 if hr_size:
                     latents = self._hires(loaded, encoder, enc_req, latents, gens, hr_size, hr_steps, tracker, b0, cn=cn)
-                images = self._decode(pipe, latents)
+                images = self._final_decode(pipe, latents, req, result)
             except Skipped:
                 result.skipped += 1
                 continue
@@ -399,6 +412,25 @@ class Engine:
         out, _ = self._sample(pipe, loaded, encoder, req, total, w, h, [0] * latents.shape[0], None, tracker,
                               image0, "hires", image=image, strength=strength, gens=gens, hires_steps=steps, cn=cn)
         return out
+
+    def _preview_decoder(self, control: JobControl | None):
+        """TAESD for live previews when someone watches (a control) and its weights are there."""
+        return self.manager.tiny_vae() if control is not None and self.preview_every else None
+
+    def _final_decode(self, pipe, latents: torch.Tensor, req: GenerationRequest, result: GenerationResult) -> list:
+        """The images of a finished batch: TAESD when the request asks for the tiny VAE and it is there."""
+        if req.vae_type == "Tiny":
+            tiny = self.manager.tiny_vae()
+            if tiny is not None:
+                with torch.no_grad():
+                    # TAESD decodes the scaled latents directly (its scaling factor is 1) to [-1, 1].
+                    decoded = tiny.decode(latents.to(tiny.dtype), return_dict=False)[0]
+                return pipe.image_processor.postprocess(decoded.float(), output_type="pil")
+            note = ("VAE type Tiny: no TAESD weights in models/VAE-approx (taesd / taesdxl, diffusers format); "
+                    "the full VAE was used")
+            if note not in result.notices:
+                result.notices.append(note)
+        return self._decode(pipe, latents)
 
     @torch.no_grad()
     def _decode(self, pipe, latents: torch.Tensor) -> list:

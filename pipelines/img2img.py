@@ -143,7 +143,8 @@ def _run(engine: Engine, req: GenerationRequest, loaded, prepared: list[Prepared
         notices.append(f"denoising strength {req.denoising_strength:g} x {req.steps} steps is less than one step: "
                        f"no sampling was done, the result is the init image")
     per_image = _callbacks(loaded, req, req.steps, run) if run >= 1 else 0
-    tracker = _StepTracker(control, per_image * req.n_iter, n_images, sdxl, engine.preview_every)
+    tracker = _StepTracker(control, per_image * req.n_iter, n_images, sdxl, engine.preview_every,
+                           engine._preview_decoder(control))
     label = f"img2img ({run} of {req.steps} steps at denoising {req.denoising_strength:g})"
 
     # Per batch row: the init latents; with a mask, the masks (PIL for the pipeline, latent for the fills
@@ -191,7 +192,7 @@ def _run(engine: Engine, req: GenerationRequest, loaded, prepared: list[Prepared
             if masked:  # A1111: the kept area is exactly the init latents after the last step
                 m = latent_mask.to(latents.device, latents.dtype)
                 latents = start.to(latents.device, latents.dtype) * (1 - m) + latents * m
-            images = engine._decode(pipe, latents)
+            images = engine._final_decode(pipe, latents, req, result)
         except Skipped:
             result.skipped += 1
             continue

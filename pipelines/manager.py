@@ -53,6 +53,7 @@ class PipelineManager:
         self.active: LoadedCheckpoint | None = None
         self._listeners: list[ProgressListener] = []
         self.status = "no model loaded"
+        self._tiny_vaes: dict[str, object] = {}
         self.disk_loads = 0   # checkpoint reads from disk (tests and the benchmark check cache hits)
         # ControlNet models (discovery + loaded modules); pipelines with them come from the active checkpoint
         self.controlnets = ControlNetCache(registry.paths, self.policy, self.config_root, controlnet_cache_size)
@@ -187,6 +188,32 @@ class PipelineManager:
                 f"no checkpoints found; put a .safetensors file in {self.registry.paths.dirs('checkpoints')[0]}"
             raise UserError(f"no checkpoint is loaded; {hint}")
         return self.active
+
+    # ------------------------------------------------------------------ tiny VAE (TAESD)
+    TINY_VAE_FOLDERS = {detect.SD1: "taesd", detect.SD2: "taesd", detect.SDXL: "taesdxl", detect.SDXL_REFINER: "taesdxl"}
+
+    def tiny_vae(self):
+        """The active family's TAESD decoder (diffusers AutoencoderTiny folder in models/VAE-approx/taesd or
+        taesdxl), loaded once and kept; None when its weights are not there."""
+        loaded = self.require_active()
+        name = self.TINY_VAE_FOLDERS[loaded.arch.family]
+        if name in self._tiny_vaes:
+            return self._tiny_vaes[name]
+        vae = None
+        for folder in self.registry.paths.dirs("vae_approx"):
+            if (folder / name / "config.json").is_file():
+                from diffusers import AutoencoderTiny
+
+                try:
+                    vae = AutoencoderTiny.from_pretrained(folder / name, local_files_only=True,
+                                                          torch_dtype=self.policy.vae_dtype)
+                except Exception as err:  # a broken TAESD folder means "use the full VAE", said once in the log
+                    log.warning("could not load %s: %s", folder / name, err)
+                    continue
+                vae.to(self.policy.device)
+                break
+        self._tiny_vaes[name] = vae
+        return vae
 
     # ------------------------------------------------------------------ VAE
     def set_vae(self, name: str | None) -> str | None:

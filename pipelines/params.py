@@ -166,6 +166,9 @@ PARAMS: tuple[Param, ...] = (
     Param("denoising_strength", float, 0.7, "Denoising strength", "Denoising strength", 0.0, 1.0, 0.01,
           group="hires", write_if=_always,
           doc="img2img: steps run = int(steps x strength); txt2img: the hires pass (written only with hires fix)"),
+    Param("vae_type", str, "Full", "VAE type", "VAE type", choices=("Full", "Tiny"), widget="dropdown",
+          group="sampling", doc="Tiny decodes the final image with TAESD (models/VAE-approx/taesd or taesdxl, "
+                                "diffusers format): ~20x cheaper than the full VAE, slightly softer"),
     Param("cfg_cutoff", float, 1.0, "CFG cut-off", "CFG cut-off", 0.0, 1.0, 0.05, group="sampling",
           doc="fraction of steps after which classifier-free guidance stops (1 = never); the remaining steps "
               "run the UNet once instead of twice"),

@@ -145,7 +145,10 @@ def test_fast_preset_runs_with_its_lcm_lora(env):
     result = env.engine.txt2img(make_request(values), save=False)
     info = result.infotexts[0]
     assert "<lora:lcm-lora-sdv1-5:1>" in info and "Sampler: LCM" in info and "Steps: 4" in info
-    assert re.search(r'Lora hashes: "lcm-lora-sdv1-5: [0-9a-f]{12}"', info) and result.notices == []
+    assert re.search(r'Lora hashes: "lcm-lora-sdv1-5: [0-9a-f]{12}"', info)
+    # The preset decodes with TAESD; this models folder has none, so the full VAE did it and the user is told.
+    assert "VAE type: Tiny" in info
+    assert [n for n in result.notices if "no TAESD weights" not in n] == [] and len(result.notices) == 1
 
 
 def test_embedding_by_file_name_changes_conditioning(env):

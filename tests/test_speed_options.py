@@ -90,3 +90,57 @@ def test_compile_flag_compiles_the_shared_unet_once(tiny_models, tmp_path, monke
     manager.load(FILES["sd1"])  # back from the cache: already compiled
     assert [c[0] for c in calls] == ["UNet2DConditionModel", "UNet2DConditionModel"]
     assert manager.pipeline("img2img").unet is loaded.pipe.unet
+
+
+@pytest.fixture
+def taesd(tiny_models, tmp_path):
+    """A models folder of its own (the shared checkpoints linked in) with a tiny random TAESD for SD1 in
+    VAE-approx/taesd, so other tests keep seeing a models folder without one."""
+    import torch
+    from diffusers import AutoencoderTiny
+
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "Stable-diffusion").symlink_to(tiny_models.checkpoints, target_is_directory=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        AutoencoderTiny(encoder_block_out_channels=(8, 8, 8, 8),
+                        decoder_block_out_channels=(8, 8, 8, 8)).save_pretrained(models / "VAE-approx" / "taesd")
+    return models
+
+
+def test_tiny_vae_decodes_the_final_image_and_falls_back_with_a_notice(make_manager, taesd):
+    manager = make_manager(models_dir=taesd)
+    manager.load(FILES["sd1"])
+    engine = Engine(manager)
+    req = make_request(prompt="a cat", steps=2, width=64, height=64, seed=3)
+    full = engine.txt2img(req, save=False)
+    tiny = engine.txt2img(req.replace(vae_type="Tiny"), save=False)
+    assert tiny.images[0].size == (64, 64) and not tiny.notices
+    assert tiny.images[0].tobytes() != full.images[0].tobytes()
+    assert "VAE type: Tiny" in tiny.infotexts[0]
+    assert manager.tiny_vae() is manager.tiny_vae()  # loaded once
+
+    manager.load(FILES["sdxl"])  # no taesdxl folder: the full VAE decodes, and the user is told why
+    xl = engine.txt2img(req.replace(vae_type="Tiny"), save=False)
+    assert xl.images[0].size == (64, 64)
+    assert any("no TAESD weights" in n for n in xl.notices)
+
+
+def test_previews_use_taesd_when_its_weights_are_there(make_manager, taesd):
+    from pipelines.jobs import JobControl
+
+    manager = make_manager(models_dir=taesd)
+    manager.load(FILES["sd1"])
+    assert manager.tiny_vae() is not None
+    engine = Engine(manager, preview_every=1)
+    previews = []
+
+    class Watch(JobControl):
+        def update(self, **changes):
+            if changes.get("preview") is not None:
+                previews.append(changes["preview"])
+            super().update(**changes)
+
+    engine.txt2img(make_request(prompt="a cat", steps=2, width=64, height=64, seed=1), Watch(), save=False)
+    assert len(previews) == 2 and previews[0].size == (64, 64)  # full size: a decoder, not the 1/8 linear map
