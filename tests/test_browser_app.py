@@ -103,7 +103,7 @@ def test_pnginfo_sends_every_field_to_txt2img(page, generated, app):
     page.click("#pnginfo_send_to_txt2img")
     page.wait_for_function(
         f"document.querySelector('#txt2img_prompt textarea')?.value === {PROMPT!r}", timeout=15_000)
-    assert page.locator("#tab_txt2img").is_visible()
+    page.wait_for_selector("#tab_txt2img", state="visible", timeout=10_000)  # the send switched tabs
     assert page.input_value("#txt2img_negative_prompt textarea") == NEGATIVE
     assert page.input_value("#txt2img_steps input[type=number]") == "3"
     assert page.input_value("#txt2img_width input[type=number]") == "64"

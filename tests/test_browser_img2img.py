@@ -85,7 +85,8 @@ def test_inpaint_upload_generates_and_saves(page, app):
     page.locator("#img2img_inpaint_upload_image input[type=file]").set_input_files(str(image))
     page.locator("#img2img_inpaint_upload_mask input[type=file]").set_input_files(str(mask))
     page.wait_for_selector("#img2img_inpaint_upload_mask img", timeout=20_000)
-    assert page.locator("#img2img_mask_blur").is_visible()        # mask settings shown on inpaint sub-tabs
+    # The mask settings appear on inpaint sub-tabs (shown by the tab's select event, so wait for it).
+    page.wait_for_selector("#img2img_mask_blur", state="visible", timeout=15_000)
     page.locator("#img2img_prompt textarea").fill(PROMPT)
     set_number(page, "img2img_steps", 4)
     set_number(page, "img2img_width", 96)
