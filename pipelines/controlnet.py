@@ -753,10 +753,6 @@ class ControlNetCache:
         self._cache: OrderedDict[str, object] = OrderedDict()
         self.loads = 0
 
-    @property
-    def loaded_names(self) -> list[str]:
-        return list(self._cache)
-
     def get(self, cf: ControlNetFile):
         key = str(cf.path.resolve())
         model = self._cache.get(key)

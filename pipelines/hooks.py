@@ -114,10 +114,6 @@ class _Entry:
     owner: str
 
 
-class _EngineError(Exception):
-    """Marks an engine failure raised through a run_generation hook (not the extension's fault)."""
-
-
 # ---------------------------------------------------------------------------------------------- a job taken over
 
 class _CellControl:

@@ -78,10 +78,6 @@ class ModelFile:
     def title(self) -> str:
         return f"{self.name} [{self.shorthash}]" if self.shorthash else self.name
 
-    def file_size(self) -> int:
-        if self.kind == "diffusers":
-            return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
-        return self.path.stat().st_size
 
 
 def _scan(folder: Path, exts: tuple[str, ...], allow_diffusers: bool) -> list[tuple[Path, str, str]]:

@@ -579,7 +579,7 @@ class NetworkManager:
                         metadata = dict(f.metadata() or {})
                 except Exception:  # noqa: BLE001 - a damaged file is listed without metadata
                     metadata = {}
-            out.append({"name": nf.name, "alias": nf.name, "path": str(nf.path), "metadata": metadata})
+            out.append({"name": nf.name, "alias": nf.alias, "path": str(nf.path), "metadata": metadata})
         return out
 
     def embedding_list(self, pipe=None) -> dict[str, dict[str, Any]]:
@@ -590,7 +590,8 @@ class NetworkManager:
         for nf in self.embedding_files():
             try:
                 emb = self.embedding(nf)
-            except (UserError, OSError):
+            except (UserError, OSError) as err:  # a broken file is left out of the list
+                log.warning("embedding %s: %s", nf.rel, err)
                 continue
             entry = {"step": emb.info.get("step"), "sd_checkpoint": emb.info.get("sd_checkpoint"),
                      "sd_checkpoint_name": emb.info.get("sd_checkpoint_name"),

@@ -460,15 +460,14 @@ def create_api_router(services, access=None) -> APIRouter:
         networks = state.networks()
         if networks is None:
             return {"loaded": {}, "skipped": {}}
-        return _embeddings(networks, manager.active)
+        return networks.embedding_list(manager.active.pipe if manager.active else None)
 
     @route("/loras", ["GET"], response_model=list[M.LoraItem])
     def get_loras():
         networks = state.networks()
         if networks is None:
             return []
-        return [{"name": nf.name, "alias": nf.alias, "path": str(nf.path), "metadata": _safetensors_metadata(nf.path)}
-                for nf in networks.lora_files()]
+        return networks.lora_list()
 
     @route("/refresh-loras", ["POST"])
     def refresh_loras():
@@ -579,41 +578,6 @@ def create_api_router(services, access=None) -> APIRouter:
 
 
 # ---------------------------------------------------------------------------------------------- lists
-
-def _safetensors_metadata(path: Path) -> dict:
-    """A LoRA's training metadata (the safetensors header's __metadata__), as A1111 lists it."""
-    if path.suffix.lower() != ".safetensors":
-        return {}
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            return dict(f.metadata() or {})
-    except Exception:  # noqa: BLE001 - an unreadable file has no metadata to show
-        return {}
-
-
-def _embeddings(networks, active) -> dict:
-    """A1111's embeddings list: loaded = usable with the active checkpoint's text encoder(s)."""
-    encoders = []
-    if active is not None:
-        from pipelines.networks import TEXT_ENCODERS
-
-        encoders = [(c, getattr(active.pipe, c)) for c in TEXT_ENCODERS if getattr(active.pipe, c, None) is not None]
-    out: dict[str, dict] = {"loaded": {}, "skipped": {}}
-    for nf in networks.embedding_files():
-        try:
-            emb = networks.embedding(nf)
-        except Exception as err:  # noqa: BLE001 - a broken file is left out of the list, with a log line
-            log.warning("embedding %s: %s", nf.rel, err)
-            continue
-        vec = next(iter(emb.vectors.values()))
-        item = {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": int(vec.shape[-1]),
-                "vectors": int(emb.count)}
-        fits = not encoders or emb.for_encoders(encoders) is not None
-        out["loaded" if fits else "skipped"][nf.name] = item
-    return out
-
 
 def _module_detail(pre) -> dict:
     sliders = []

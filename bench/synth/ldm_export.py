@@ -101,6 +101,21 @@ def _per_block(value: Any, n: int) -> list[int]:
     return [int(value)] * n if isinstance(value, int) else [int(v) for v in value]
 
 
+def _map_down_blocks(m, layers: list[int]) -> int:
+    """UNet (and ControlNet) encoder: down_blocks.* → input_blocks.N; returns the number of input blocks."""
+    idx = 1
+    for level, n in enumerate(layers):
+        for j in range(n):
+            m.tree(f"down_blocks.{level}.resnets.{j}", f"input_blocks.{idx}.0", _UNET_RESNET_RENAMES)
+            if m.has(f"down_blocks.{level}.attentions.{j}"):
+                m.tree(f"down_blocks.{level}.attentions.{j}", f"input_blocks.{idx}.1")
+            idx += 1
+        if m.has(f"down_blocks.{level}.downsamplers.0"):
+            m.tree(f"down_blocks.{level}.downsamplers.0.conv", f"input_blocks.{idx}.0.op")
+            idx += 1
+    return idx
+
+
 def unet_to_ldm(state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """`UNet2DConditionModel` state dict + config → LDM UNet keys (no `model.diffusion_model.` prefix).
 
@@ -126,16 +141,7 @@ def unet_to_ldm(state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any
     m.tree("conv_norm_out", "out.0")
     m.tree("conv_out", "out.2")
 
-    idx = 1
-    for level in range(n_levels):
-        for j in range(down_layers[level]):
-            m.tree(f"down_blocks.{level}.resnets.{j}", f"input_blocks.{idx}.0", _UNET_RESNET_RENAMES)
-            if m.has(f"down_blocks.{level}.attentions.{j}"):
-                m.tree(f"down_blocks.{level}.attentions.{j}", f"input_blocks.{idx}.1")
-            idx += 1
-        if m.has(f"down_blocks.{level}.downsamplers.0"):
-            m.tree(f"down_blocks.{level}.downsamplers.0.conv", f"input_blocks.{idx}.0.op")
-            idx += 1
+    _map_down_blocks(m, down_layers)
 
     if not m.has("mid_block.attentions.0"):
         raise ValueError("UNet mid block without attention has no LDM equivalent (middle_block is res/attn/res)")
@@ -444,16 +450,7 @@ def controlnet_to_ldm(state_dict: Mapping[str, torch.Tensor], config: Mapping[st
         m.tree(f"controlnet_cond_embedding.blocks.{j}", f"input_hint_block.{2 * (j + 1)}")
     m.tree("controlnet_cond_embedding.conv_out", f"input_hint_block.{2 * (2 * (n_hint - 1) + 1)}")
 
-    idx = 1
-    for level in range(n_levels):
-        for j in range(layers[level]):
-            m.tree(f"down_blocks.{level}.resnets.{j}", f"input_blocks.{idx}.0", _UNET_RESNET_RENAMES)
-            if m.has(f"down_blocks.{level}.attentions.{j}"):
-                m.tree(f"down_blocks.{level}.attentions.{j}", f"input_blocks.{idx}.1")
-            idx += 1
-        if m.has(f"down_blocks.{level}.downsamplers.0"):
-            m.tree(f"down_blocks.{level}.downsamplers.0.conv", f"input_blocks.{idx}.0.op")
-            idx += 1
+    idx = _map_down_blocks(m, layers)
     for i in range(idx):
         m.tree(f"controlnet_down_blocks.{i}", f"zero_convs.{i}.0")
 
