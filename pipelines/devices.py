@@ -18,6 +18,7 @@ class DevicePolicy:
     attention: str         # "xformers" or "sdpa"
     lowvram: bool = False
     compile: bool = False  # torch.compile the UNet (kernels cached on disk by Inductor across runs)
+    vae_tiling: str = "auto"   # pipelines.vae_tiling.MODES: tiles when one pass would not fit ("auto")
 
     @property
     def dtype(self):
@@ -33,7 +34,8 @@ class DevicePolicy:
 
     def describe(self) -> str:
         return f"device={self.device} dtype={self.dtype_name} vae={self.vae_dtype_name} attention={self.attention}" + (
-            " lowvram" if self.lowvram else "") + (" compile" if self.compile else "")
+            " lowvram" if self.lowvram else "") + (" compile" if self.compile else "") + (
+            f" vae_tiling={self.vae_tiling}" if self.vae_tiling != "auto" else "")
 
 
 def pick_device(requested: str | None = None) -> str:
@@ -118,9 +120,13 @@ def faster_attention(device: str, dtype_name: str, repeat: int = 5) -> str:
 
 
 def make_policy(device: str | None = None, precision: str = "auto", attention: str = "auto",
-                lowvram: bool = False, compile: bool = False) -> DevicePolicy:
+                lowvram: bool = False, compile: bool = False, vae_tiling: str = "auto") -> DevicePolicy:
     """attention: "auto" (SDPA unless xformers runs here and a quick probe finds it faster),
     "xformers" (whenever its kernel runs here) or "sdpa"."""
+    from .vae_tiling import MODES
+
+    if vae_tiling not in MODES:
+        raise ValueError(f"VAE tiling {vae_tiling!r}: one of {', '.join(MODES)}")
     dev = pick_device(device)
     dtype = pick_dtype(dev, precision)
     vae_dtype = "float32" if dtype == "float16" else dtype
@@ -130,6 +136,6 @@ def make_policy(device: str | None = None, precision: str = "auto", attention: s
     elif attention == "xformers":
         log.warning("--xformers requested but its kernel does not run on %s; using PyTorch SDPA", dev)
     policy = DevicePolicy(dev, dtype, vae_dtype, attn, lowvram and dev.startswith("cuda"),
-                          compile and not lowvram)
+                          compile and not lowvram, vae_tiling)
     log.info("device policy: %s", policy.describe())
     return policy

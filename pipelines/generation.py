@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from . import detect, params, samplers
+from . import detect, params, samplers, vae_tiling
 from .conditioning import Conditioning, PromptEncoder, at_step
 from .errors import Interrupted, Skipped, UserError
 from .hooks import HookRegistry, StepProgress
@@ -142,7 +142,7 @@ class Engine:
             loaded = self._prepare_model(req)
             cn = self._controlnet(controlnet, req, req.width, req.height)
             try:
-                with self.prompt_job(loaded, req) as job:
+                with self.prompt_job(loaded, req) as job, self.vae_tiling(loaded, req, self._hires_size(req)):
                     result = self._run_txt2img(job.request, loaded, control, save, cn, job=job)
                 result.notices.extend(n for n in job.notices if n not in result.notices)
             finally:
@@ -183,6 +183,12 @@ class Engine:
         if req.sd_vae:
             self.manager.set_vae(req.sd_vae)
         return loaded
+
+    def vae_tiling(self, loaded, req: GenerationRequest, size: tuple[int, int] | None = None):
+        """The job's VAE tiling (pipelines.vae_tiling) for its largest pass, `size` or the request's."""
+        width, height = size or (req.width, req.height)
+        policy = self.manager.policy
+        return vae_tiling.vae_tiling(loaded.pipe.vae, policy.vae_tiling, width, height, req.batch_size, policy.device)
 
     # ------------------------------------------------------------------ ControlNet
     def _controlnet(self, units, req: GenerationRequest, width: int, height: int, init_image=None):
@@ -438,7 +444,7 @@ class Engine:
         lat = latents.to(vae.dtype) / vae.config.scaling_factor
         if getattr(vae.config, "shift_factor", None):
             lat = lat + vae.config.shift_factor
-        decoded = vae.decode(lat, return_dict=False)[0]
+        decoded = vae_tiling.decode(vae, lat)
         return pipe.image_processor.postprocess(decoded.float(), output_type="pil")
 
 

@@ -84,7 +84,8 @@ def img2img(engine: Engine, req: GenerationRequest, images: Any, mask: Any = Non
         loaded = engine._prepare_model(req)
         cn = engine._controlnet(controlnet, req, req.width, req.height, init_image=prepared[0].control)
         try:
-            with engine.prompt_job(loaded, req) as job:   # styles, LoRAs, embeddings: as txt2img
+            # styles, LoRAs, embeddings: as txt2img
+            with engine.prompt_job(loaded, req) as job, engine.vae_tiling(loaded, req):
                 result = _run(engine, job.request, loaded, prepared, control, save, notices, cn, job)
             notices.extend(job.notices)
         finally:

@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="weights dtype (auto: fp16/bf16 on GPU, bf16 on CPUs with AVX512-BF16/AMX, else fp32)")
     dev.add_argument("--lowvram", action="store_true", help="offload model parts to CPU between uses (small GPUs)")
     dev.add_argument("--xformers", action="store_true", help="use xformers attention when its kernel runs here")
+    dev.add_argument("--vae-tiling", choices=("auto", "on", "off"), default="auto",
+                     help="encode/decode large images in tiles: auto = when one pass would not fit in free memory")
     dev.add_argument("--compile", action="store_true",
                      help="torch.compile the UNet (first image at each size compiles; kernels are cached on disk)")
 

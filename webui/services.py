@@ -148,7 +148,7 @@ def create_services(args: argparse.Namespace, *, config_root: Path | None = None
                        extra_models_dirs=list(args.models_dir), cache_dir=data / "cache")
     registry = ModelRegistry(paths, hashing=not args.no_hashing)
     policy = make_policy(args.device, args.precision, "xformers" if args.xformers else "auto", args.lowvram,
-                         args.compile)
+                         args.compile, args.vae_tiling)
     manager = PipelineManager(registry, policy=policy, cache_size=args.ckpt_cache, config_root=config_root,
                               sd2_prediction=args.sd2_prediction)
     saver = OutputSaver(args.outdir)
