@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import statistics
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -15,16 +16,31 @@ RESULTS = BENCH_DIR / "results"
 CACHE = Path(os.environ.get("WEBUI_BENCH_CACHE", BENCH_DIR / "cache"))
 
 
+def cached_model(name: str, writer: Callable[[Path], Any], what: str, folder: str = "Stable-diffusion") -> Path:
+    """`CACHE/models/<folder>/<name>`, written once by `writer(path)` (random weights take a while)."""
+    path = CACHE / "models" / folder / name
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        print(f"[bench] generating {path} ({what}, random weights, one time)", flush=True)
+        start = time.perf_counter()
+        writer(path)
+        print(f"[bench] generated in {time.perf_counter() - start:.0f} s, {path.stat().st_size / 1e9:.2f} GB",
+              flush=True)
+    return path
+
+
 def sd15_file(name: str = "sd15-random.safetensors") -> Path:
     """A full-size SD1.5 single file with random weights (fp16, 2.1 GB), generated once into the cache."""
     from bench.synth.factory import full_size_sd15_single_file
 
-    path = CACHE / "models" / "Stable-diffusion" / name
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        print(f"[bench] generating {path} (random weights, one time)", flush=True)
-        full_size_sd15_single_file(path)
-    return path
+    return cached_model(name, full_size_sd15_single_file, "SD1.5")
+
+
+def sdxl_file(name: str = "sdxl-random.safetensors") -> Path:
+    """A full-size SDXL base single file with random weights (fp16, 6.9 GB), generated once into the cache."""
+    from bench.synth.factory import full_size_sdxl_single_file
+
+    return cached_model(name, full_size_sdxl_single_file, "SDXL base")
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -87,3 +103,33 @@ def rss_mb() -> float:
         return psutil.Process().memory_info().rss / 1e6
     except ImportError:
         return float("nan")
+
+
+def peak_rss_mb(fn: Callable[[], Any], interval: float = 0.01) -> tuple[Any, float]:
+    """Run `fn()`; return (its result, the peak resident memory of this process meanwhile, in MB).
+
+    A thread samples RSS every `interval` seconds (psutil), so a spike shorter than that can be missed;
+    the value is the whole process (loaded models included), not just what `fn` allocated. nan without
+    psutil."""
+    try:
+        import psutil
+    except ImportError:
+        return fn(), float("nan")
+    proc = psutil.Process()
+    peak = proc.memory_info().rss
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.wait(interval):
+            peak = max(peak, proc.memory_info().rss)
+
+    thread = threading.Thread(target=sample, name="peak-rss", daemon=True)
+    thread.start()
+    try:
+        out = fn()
+    finally:
+        done.set()
+        thread.join()
+        peak = max(peak, proc.memory_info().rss)
+    return out, peak / 1e6

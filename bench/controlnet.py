@@ -25,7 +25,7 @@ import shutil
 import statistics
 import time
 
-from bench.common import CACHE, median_time, rss_mb, sd15_file, timed, write_result
+from bench.common import CACHE, cached_model, median_time, rss_mb, sd15_file, timed, write_result
 from bench.load import evict
 
 
@@ -39,13 +39,9 @@ def timed_cpu(fn):
 def controlnet_files() -> tuple:
     from bench.synth.factory import full_size_sd15_controlnet_file
 
-    folder = CACHE / "models" / "ControlNet"
-    a = folder / "control_sd15-random-a.safetensors"
-    b = folder / "control_sd15-random-b.safetensors"
-    if not a.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        print(f"[bench] generating {a} (random weights, one time)", flush=True)
-        full_size_sd15_controlnet_file(a, seed=1)
+    a = cached_model("control_sd15-random-a.safetensors", lambda p: full_size_sd15_controlnet_file(p, seed=1),
+                     "SD1.5 ControlNet", folder="ControlNet")
+    b = a.with_name("control_sd15-random-b.safetensors")
     if not b.exists():
         shutil.copy(a, b)   # same weights, another file: a real read from disk when it is not cached
     return a, b

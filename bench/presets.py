@@ -18,7 +18,7 @@ import argparse
 import os
 import time
 
-from bench.common import CACHE, rss_mb, sd15_file, timed, write_result
+from bench.common import CACHE, cached_model, rss_mb, sd15_file, timed, write_result
 
 PROMPT = "a photograph of an astronaut riding a horse"
 NEGATIVE = "blurry, lowres"
@@ -27,11 +27,8 @@ NEGATIVE = "blurry, lowres"
 def lcm_lora_file():
     from bench.synth.networks import lcm_lora_sd15, save_lora
 
-    path = CACHE / "models" / "Lora" / "lcm-lora-sdv1-5.safetensors"
-    if not path.exists():
-        print(f"[bench] generating {path} (random weights, lcm-lora-sdv1-5 layout, one time)", flush=True)
-        save_lora(lcm_lora_sd15(), path)
-    return path
+    return cached_model("lcm-lora-sdv1-5.safetensors", lambda p: save_lora(lcm_lora_sd15(), p),
+                        "lcm-lora-sdv1-5 layout", folder="Lora")
 
 
 def taesd_folder():

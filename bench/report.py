@@ -21,9 +21,6 @@ HEADLINES: dict[str, list[tuple[str, str, str]]] = {
              ("cached_switch_s", "cached checkpoint switch", "{} s"),
              ("cold_over_cached_switch", "cold load / cached switch (target >= 20)", "{}x"),
              ("cold_over_raw", "cold load / raw read (target <= 2)", "{}x")],
-    "txt2img": [("engine_s", "txt2img through the engine", "{} s"),
-                ("bare_diffusers_s", "bare diffusers call, same model", "{} s"),
-                ("engine_over_bare", "engine / bare diffusers (target <= 1.05)", "{}x")],
     "startup": [("median_seconds", "start to UI answering, no model (target <= 10)", "{} s")],
     "presets": [("balanced_s", "Balanced preset, one 512x512 image", "{} s"),
                 ("fast_s", "Fast LCM 4 steps preset, one 512x512 image", "{} s"),
@@ -38,7 +35,30 @@ HEADLINES: dict[str, list[tuple[str, str, str]]] = {
                    ("checkpoint_reload_warm_s", "the alternative: checkpoint reload (warm page cache)", "{} s"),
                    ("checkpoint_disk_loads_during_controlnet_changes", "checkpoint reads during ControlNet changes",
                     "{}")],
+    "memory": [("peak_mb_per_image", "SD1.5 one image, peak memory above idle", "{} MB"),
+               ("growth_over_generations_mb", "memory growth over 50 generations (target ~0)", "{} MB"),
+               ("growth_over_switches_mb", "memory growth over 10 cold checkpoint switches (target ~0)", "{} MB")],
+    "vae": [("decode_1024_one_pass_s", "VAE decode 1024x1024, one pass", "{} s"),
+            ("decode_1024_tiled_s", "VAE decode 1024x1024, tiled", "{} s"),
+            ("decode_1024_one_pass_peak_mb", "VAE decode 1024x1024 one pass, peak memory", "{} MB"),
+            ("decode_1024_tiled_peak_mb", "VAE decode 1024x1024 tiled, peak memory", "{} MB")],
 }
+
+
+def _txt2img(model: str, gpu: bool) -> list[tuple[str, str, str]]:
+    where, memory = (" on the GPU", "CUDA allocated") if gpu else ("", "process RSS")
+    return [("engine_s", f"{model} txt2img through the engine{where}", "{} s"),
+            ("bare_diffusers_s", f"{model} bare diffusers call, same model{where}", "{} s"),
+            ("engine_over_bare", "engine / bare diffusers (target <= 1.05)", "{}x"),
+            ("peak_mem_mb_engine", f"{model} peak memory during one image ({memory})", "{} MB")] + (
+        [("it_per_s_engine", f"{model} it/s through the engine{where}", "{}"),
+         ("it_per_s_bare", f"{model} it/s bare diffusers{where}", "{}")] if gpu else [])
+
+
+# bench/txt2img.py writes one result per architecture (--arch) and profile (--gpu)
+for _name, _model in (("txt2img", "SD1.5"), ("txt2img-sdxl", "SDXL")):
+    HEADLINES[_name] = _txt2img(_model, gpu=False)
+    HEADLINES[_name.replace("txt2img", "txt2img-gpu")] = _txt2img(_model, gpu=True)
 
 
 def rows() -> list[str]:

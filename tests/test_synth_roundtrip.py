@@ -158,3 +158,35 @@ def test_tiny_pipeline_is_deterministic():
     assert_same_weights(a, b)
     w = "conv_in.weight"
     assert not torch.equal(a.unet.state_dict()[w], c.unet.state_dict()[w])
+
+
+def test_full_size_sdxl_layout_is_what_the_loader_reads():
+    """The full-size SDXL writer (bench.synth.full_size_sdxl_single_file), built on the meta device: its keys
+    and shapes are sd_xl_base_1.0's as far as the project's detector and diffusers' single-file loader can
+    tell, and diffusers' LDM → diffusers converters give back every weight of the bundled-config modules."""
+    from diffusers.loaders.single_file_utils import (convert_ldm_clip_checkpoint, convert_ldm_unet_checkpoint,
+                                                     convert_ldm_vae_checkpoint, convert_open_clip_checkpoint,
+                                                     infer_diffusers_model_type)
+
+    from bench.synth import full_size_ldm_state_dict, full_size_pipeline_skeleton
+    from bench.synth.ldm_export import SDXL_CLIP_PREFIX, SDXL_OPENCLIP_PREFIX, _text_model_keys
+    from pipelines.detect import SDXL, detect_architecture
+
+    ldm = full_size_ldm_state_dict("sdxl", empty=True)
+    skeleton = full_size_pipeline_skeleton("sdxl")
+    assert sum(t.numel() * t.element_size() for t in ldm.values()) / 1e9 == pytest.approx(6.94, abs=0.01)  # fp16
+    arch = detect_architecture({k: list(t.shape) for k, t in ldm.items()})
+    assert (arch.family, arch.inpaint) == (SDXL, False)
+    assert infer_diffusers_model_type(ldm) == "xl_base"
+
+    def shapes(sd):
+        return {k: tuple(t.shape) for k, t in sd.items()}
+
+    unet, vae, te, te2 = skeleton.unet, skeleton.vae, skeleton.text_encoder, skeleton.text_encoder_2
+    assert shapes(convert_ldm_unet_checkpoint(ldm, dict(unet.config))) == shapes(unet.state_dict())
+    assert shapes(convert_ldm_vae_checkpoint(ldm, dict(vae.config))) == shapes(vae.state_dict())
+    clip = _text_model_keys(convert_ldm_clip_checkpoint(ldm, remove_prefix=SDXL_CLIP_PREFIX))
+    clip.pop("text_model.embeddings.position_ids")  # in real files; a non-persistent buffer in transformers
+    assert shapes(clip) == shapes(_text_model_keys(te.state_dict()))
+    openclip = convert_open_clip_checkpoint(te2, ldm, prefix=SDXL_OPENCLIP_PREFIX)
+    assert shapes(openclip) == shapes(_text_model_keys(te2.state_dict()))

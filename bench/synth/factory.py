@@ -1,4 +1,4 @@
-"""Tiny (and one full-size) Stable Diffusion pipelines with random weights, written in real on-disk layouts.
+"""Tiny (and full-size SD1.5 / SDXL) Stable Diffusion models with random weights, in real on-disk layouts.
 
 Tests and benchmarks cannot download weights. These builders make models of the real architectures
 (UNet2DConditionModel, AutoencoderKL, CLIP text encoders, the real CLIP BPE tokenizer) with random
@@ -22,6 +22,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ import torch
 
 from pipelines.tokenizers import clip_tokenizer
 
-from .ldm_export import export_single_file, family_of
+from .ldm_export import LDM_COMPONENTS, export_single_file, family_of
 
 ARCHS = ("sd1", "sd1_inpaint", "sd2", "sdxl", "sdxl_refiner")
 
@@ -152,23 +153,36 @@ def _assemble(arch: str, cfgs: dict[str, dict[str, Any]], unet, vae, te, te2):
                scheduler=scheduler, requires_aesthetics_score=True, force_zeros_for_empty_prompt=False)
 
 
-def tiny_pipeline(arch: str, seed: int = 0):
-    """A diffusers pipeline of `arch` (see ARCHS) with tiny random modules; same seed → same weights.
-    The global torch RNG state is left as it was."""
+MODULES = LDM_COMPONENTS   # unet, vae, text_encoder, text_encoder_2: also the order weights are drawn in
+
+
+def new_module(name: str, cfg: dict[str, Any]):
+    """A pipeline module (`name` in MODULES) with the default random init of its class, in eval mode.
+    The text encoders are CLIP text towers: `text_encoder` plain (SD1 CLIP-L, SD2 OpenCLIP-H, SDXL's
+    CLIP-L), `text_encoder_2` with projection (SDXL's OpenCLIP bigG)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+    if name == "unet":
+        module = UNet2DConditionModel.from_config(cfg)
+    elif name == "vae":
+        module = AutoencoderKL.from_config(cfg)
+    elif name == "text_encoder":
+        module = CLIPTextModel(CLIPTextConfig(**cfg))
+    elif name == "text_encoder_2":
+        module = CLIPTextModelWithProjection(CLIPTextConfig(**cfg))
+    else:
+        raise ValueError(f"unknown module {name!r}; one of {MODULES}")
+    return module.eval()
+
+
+def tiny_pipeline(arch: str, seed: int = 0):
+    """A diffusers pipeline of `arch` (see ARCHS) with tiny random modules; same seed → same weights.
+    The global torch RNG state is left as it was."""
     cfgs = tiny_configs(arch)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel(**cfgs["unet"])
-        vae = AutoencoderKL(**cfgs["vae"])
-        te = CLIPTextModel(CLIPTextConfig(**cfgs["text_encoder"])) if "text_encoder" in cfgs else None
-        te2 = (CLIPTextModelWithProjection(CLIPTextConfig(**cfgs["text_encoder_2"]))
-               if "text_encoder_2" in cfgs else None)
-    for mod in (unet, vae, te, te2):
-        if mod is not None:
-            mod.eval()
+        unet, vae, te, te2 = (new_module(n, cfgs[n]) if n in cfgs else None for n in MODULES)
     return _assemble(arch, cfgs, unet, vae, te, te2)
 
 
@@ -203,7 +217,11 @@ def write_config_folder(pipe, dir: str | os.PathLike) -> Path:
     return dir
 
 
-# ------------------------------------------------------------------------------ full-size SD 1.5
+# ------------------------------------------------------------------------- full-size SD 1.5 / SDXL
+
+BUNDLED_CONFIGS = Path(__file__).resolve().parents[2] / "pipelines" / "configs"
+_CONFIG_FILES = {"unet": "unet/config.json", "vae": "vae/config.json", "text_encoder": "text_encoder/config.json",
+                 "text_encoder_2": "text_encoder_2/config.json", "scheduler": "scheduler/scheduler_config.json"}
 
 SD15_UNET_CONFIG = {
     "act_fn": "silu", "attention_head_dim": 8, "block_out_channels": [320, 640, 1280, 1280],
@@ -228,71 +246,120 @@ SD15_SCHEDULER_CONFIG = dict(_SD_SCHEDULE, _class_name="PNDMScheduler", skip_prk
                              set_alpha_to_one=False, steps_offset=1, clip_sample=False)
 
 
-def _sd15_configs() -> dict[str, dict[str, Any]]:
-    """From the bundled pipelines/configs/sd1/ when the project has it, else the inline dicts above."""
-    bundled = Path(__file__).resolve().parents[2] / "pipelines" / "configs" / "sd1"
-    cfgs = {"unet": SD15_UNET_CONFIG, "vae": SD15_VAE_CONFIG, "text_encoder": SD15_TEXT_ENCODER_CONFIG,
-            "scheduler": SD15_SCHEDULER_CONFIG}
-    names = {"unet": "unet/config.json", "vae": "vae/config.json", "text_encoder": "text_encoder/config.json",
-             "scheduler": "scheduler/scheduler_config.json"}
-    out = {}
-    for key, default in cfgs.items():
-        f = bundled / names[key]
+def bundled_configs(family: str, defaults: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """Component configs of the real `family` model from the loader's bundled pipelines/configs/<family>/
+    ({'unet': ..., 'vae': ..., 'text_encoder': ..., 'text_encoder_2': ..., 'scheduler': {'_class_name':
+    ...}}, absent components omitted); a component without a bundled file comes from `defaults`."""
+    folder = BUNDLED_CONFIGS / family
+    out: dict[str, dict[str, Any]] = {}
+    for key, rel in _CONFIG_FILES.items():
+        f = folder / rel
+        default = (defaults or {}).get(key)
         if f.is_file():
             data = json.loads(f.read_text())
             if key == "scheduler":
-                data.setdefault("_class_name", default["_class_name"])
+                data.setdefault("_class_name", (default or {}).get("_class_name"))
             else:
                 data = {k: v for k, v in data.items() if not k.startswith("_")}
             out[key] = data
-        else:
+        elif default is not None:
             out[key] = dict(default)
+    if "unet" not in out:
+        raise FileNotFoundError(f"no bundled configs for {family!r} in {folder}")
     return out
+
+
+def _sd15_configs() -> dict[str, dict[str, Any]]:
+    """From the bundled pipelines/configs/sd1/ when the project has it, else the inline dicts above."""
+    return bundled_configs("sd1", {"unet": SD15_UNET_CONFIG, "vae": SD15_VAE_CONFIG,
+                                   "text_encoder": SD15_TEXT_ENCODER_CONFIG, "scheduler": SD15_SCHEDULER_CONFIG})
+
+
+def _full_size_configs(family: str) -> dict[str, dict[str, Any]]:
+    return _sd15_configs() if family == "sd1" else bundled_configs(family)
+
+
+@contextmanager
+def _default_dtype(dtype: torch.dtype):
+    """Parameters are created (and randomly initialised) directly in `dtype`: an SDXL UNet is never
+    materialised in fp32 (10.3 GB), and the fp16 init is faster than init + cast on CPU."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+def full_size_ldm_state_dict(family: str, dtype: torch.dtype = torch.float16, seed: int = 0,
+                             empty: bool = False) -> dict[str, torch.Tensor]:
+    """The real `family` ('sd1', 'sdxl', ... as bundled in pipelines/configs/) architecture with random
+    weights (default init of each module, drawn directly in `dtype`) as one LDM-layout state dict.
+
+    Modules are built, converted and dropped one at a time, so the peak is about the result plus one
+    module. `empty=True` builds on the meta device (no memory, no values, well under a second even for
+    SDXL): the exact key names and shapes of the file, for structural checks."""
+    from accelerate import init_empty_weights
+
+    from .ldm_export import component_to_ldm, schedule_extras
+
+    cfgs = _full_size_configs(family)
+    ldm: dict[str, torch.Tensor] = {}
+    with torch.random.fork_rng(devices=[]), torch.no_grad(), _default_dtype(dtype):
+        torch.manual_seed(seed)
+        for name in MODULES:
+            if name not in cfgs:
+                continue
+            with init_empty_weights() if empty else nullcontext():
+                module = new_module(name, cfgs[name])
+            ldm.update(component_to_ldm(family, name, module))
+            del module
+            if not empty:
+                gc.collect()  # the module's tensors not in the result (OpenCLIP q/k/v) go before the next one
+    ldm.update(schedule_extras(family, cfgs["scheduler"]))
+    return ldm
 
 
 def full_size_sd15_single_file(path: str | os.PathLike, dtype: torch.dtype = torch.float16, seed: int = 0) -> Path:
     """The real SD1.5 architecture (UNet 320/640/1280/1280, CLIP ViT-L/14 text 12x768, VAE 128/256/512/512)
     with random weights (default init of each module), written as one LDM `.safetensors`: fp16 by default,
     2.13 GB, the size of the common pruned-fp16 SD1.5 files (fp32 would be 4.3 GB). Built one module at a
-    time and halved in place; measured: ~25 s and 4.2 GB peak RSS on 2 CPU cores. Random weights are fine
-    for benchmarks (speed does not depend on values) and give finite images."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    time directly in fp16; measured: 12 s and 3.1 GB peak RSS on 2 CPU cores (25 s and 4.2 GB when built
+    in fp32 and halved). Random weights are fine for benchmarks (speed does not depend on values) and give
+    finite images."""
+    from .ldm_export import save_ldm_file
 
-    from .ldm_export import (SD1_CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX, _prefixed, ddpm_schedule_buffers,
-                             hf_clip_to_ldm, save_ldm_file, unet_to_ldm, vae_to_ldm)
+    return save_ldm_file(full_size_ldm_state_dict("sd1", dtype, seed), path, dtype=dtype)
 
-    cfgs = _sd15_configs()
-    ldm: dict[str, torch.Tensor] = {}
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
-        torch.manual_seed(seed)
-        # nn.Module.to: casts in place tensor by tensor; ModelMixin.to would only add a warning
-        unet = torch.nn.Module.to(UNet2DConditionModel.from_config(cfgs["unet"]), dtype)
-        ldm.update(_prefixed(UNET_PREFIX, unet_to_ldm(unet.state_dict(), unet.config)))
-        del unet
-        gc.collect()
-        vae = torch.nn.Module.to(AutoencoderKL.from_config(cfgs["vae"]), dtype)
-        ldm.update(_prefixed(VAE_PREFIX, vae_to_ldm(vae.state_dict(), vae.config)))
-        del vae
-        te = CLIPTextModel(CLIPTextConfig(**cfgs["text_encoder"])).to(dtype)
-        ldm.update(_prefixed(SD1_CLIP_PREFIX, hf_clip_to_ldm(te.state_dict(), 77)))
-        del te
-    ldm.update(ddpm_schedule_buffers(cfgs["scheduler"]))
-    return save_ldm_file(ldm, path, dtype=dtype)
+
+def full_size_sdxl_single_file(path: str | os.PathLike, dtype: torch.dtype = torch.float16, seed: int = 0) -> Path:
+    """The real SDXL base 1.0 architecture (UNet 320/640/1280 with 1/2/10 transformer layers, 2.57 B
+    parameters; CLIP ViT-L/14 text 12x768 + OpenCLIP ViT-bigG/14 text 32x1280 with projection; VAE
+    128/256/512/512) from pipelines/configs/sdxl/, random weights, written in the layout of
+    `sd_xl_base_1.0.safetensors` (`model.diffusion_model.*`, `first_stage_model.*`,
+    `conditioner.embedders.0.transformer.*`, `conditioner.embedders.1.model.*`): fp16 by default, 6.94 GB
+    like the real file. Built one module at a time directly in fp16 (the UNet never exists in fp32, which
+    would be 10.3 GB); measured: 38 s and 8.0 GB peak RSS (the file's tensors + one module) on 2 CPU cores
+    (init is single-threaded). Loads as SDXL with every weight finite; txt2img gives finite images."""
+    from .ldm_export import save_ldm_file
+
+    return save_ldm_file(full_size_ldm_state_dict("sdxl", dtype, seed), path, dtype=dtype)
+
+
+def full_size_pipeline_skeleton(family: str = "sd1"):
+    """A full-size `family` pipeline on the meta device (no memory, no weights): for write_config_folder
+    and structural checks."""
+    from accelerate import init_empty_weights
+
+    cfgs = _full_size_configs(family)
+    with init_empty_weights():
+        modules = [new_module(n, cfgs[n]) if n in cfgs else None for n in MODULES]
+    return _assemble(family, {"scheduler": cfgs["scheduler"]}, *modules)
 
 
 def full_size_sd15_pipeline_skeleton():
     """An SD1.5 pipeline on the meta device (no memory, no weights): for write_config_folder."""
-    from accelerate import init_empty_weights
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    cfgs = _sd15_configs()
-    with init_empty_weights():
-        unet = UNet2DConditionModel.from_config(cfgs["unet"])
-        vae = AutoencoderKL.from_config(cfgs["vae"])
-        te = CLIPTextModel(CLIPTextConfig(**cfgs["text_encoder"]))
-    return _assemble("sd1", {"scheduler": cfgs["scheduler"]}, unet, vae, te, None)
+    return full_size_pipeline_skeleton("sd1")
 
 
 # ------------------------------------------------------------------------------------------ ControlNet

@@ -349,35 +349,48 @@ def _prefixed(prefix: str, d: Mapping[str, torch.Tensor]) -> dict[str, torch.Ten
     return {prefix + k: v for k, v in d.items()}
 
 
+LDM_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
+
+
+def component_to_ldm(arch: str, name: str, module, extras: bool = True) -> dict[str, torch.Tensor]:
+    """One pipeline component (`name` in LDM_COMPONENTS) of a SD1/SD2/SDXL/refiner model as LDM-layout
+    keys, prefix included (tensors shared, not copied, except OpenCLIP's concatenated q/k/v).
+    Lets a writer build, convert and free one module at a time (see factory.full_size_ldm_state_dict)."""
+    fam = family_of(arch)
+    if name == "unet":
+        return _prefixed(UNET_PREFIX, unet_to_ldm(module.state_dict(), module.config))
+    if name == "vae":
+        return _prefixed(VAE_PREFIX, vae_to_ldm(module.state_dict(), module.config))
+    cfg = module.config
+    if name == "text_encoder" and fam in ("sd1", "sdxl"):
+        return _prefixed(SD1_CLIP_PREFIX if fam == "sd1" else SDXL_CLIP_PREFIX, hf_clip_to_ldm(
+            module.state_dict(), cfg.max_position_embeddings, with_position_ids=extras))
+    if name == "text_encoder" and fam == "sd2":
+        return _prefixed(SD2_OPENCLIP_PREFIX, openclip_to_ldm(
+            module.state_dict(), cfg.num_hidden_layers, unused_extra_layers=1 if extras else 0,
+            with_logit_scale=extras))
+    if name == "text_encoder_2" and fam in ("sdxl", "sdxl_refiner"):
+        return _prefixed(SDXL_OPENCLIP_PREFIX if fam == "sdxl" else REFINER_OPENCLIP_PREFIX, openclip_to_ldm(
+            module.state_dict(), cfg.num_hidden_layers, with_logit_scale=extras))
+    raise ValueError(f"{arch}: no LDM layout for component {name!r}")
+
+
+def schedule_extras(arch: str, scheduler_config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """What SD1/SD2 files carry besides the modules (the DDPM buffers); SDXL files carry none."""
+    return ddpm_schedule_buffers(scheduler_config) if family_of(arch) in ("sd1", "sd2") else {}
+
+
 def pipeline_to_ldm(pipe, arch: str, extras: bool = True) -> dict[str, torch.Tensor]:
     """All weights of a SD1/SD2/SDXL/refiner pipeline as one LDM-layout state dict (tensors shared,
     not copied). `extras` adds what real files carry that diffusers does not use: `position_ids`,
     OpenCLIP `logit_scale`/SD2's identity `text_projection` and 24th resblock, SD1/SD2 DDPM buffers."""
-    fam = family_of(arch)
     out: dict[str, torch.Tensor] = {}
-    out.update(_prefixed(UNET_PREFIX, unet_to_ldm(pipe.unet.state_dict(), pipe.unet.config)))
-    out.update(_prefixed(VAE_PREFIX, vae_to_ldm(pipe.vae.state_dict(), pipe.vae.config)))
-    if fam == "sd1":
-        te = pipe.text_encoder
-        out.update(_prefixed(SD1_CLIP_PREFIX, hf_clip_to_ldm(
-            te.state_dict(), te.config.max_position_embeddings, with_position_ids=extras)))
-    elif fam == "sd2":
-        te = pipe.text_encoder
-        out.update(_prefixed(SD2_OPENCLIP_PREFIX, openclip_to_ldm(
-            te.state_dict(), te.config.num_hidden_layers, unused_extra_layers=1 if extras else 0,
-            with_logit_scale=extras)))
-    elif fam == "sdxl":
-        te, te2 = pipe.text_encoder, pipe.text_encoder_2
-        out.update(_prefixed(SDXL_CLIP_PREFIX, hf_clip_to_ldm(
-            te.state_dict(), te.config.max_position_embeddings, with_position_ids=extras)))
-        out.update(_prefixed(SDXL_OPENCLIP_PREFIX, openclip_to_ldm(
-            te2.state_dict(), te2.config.num_hidden_layers, with_logit_scale=extras)))
-    else:  # sdxl_refiner
-        te2 = pipe.text_encoder_2
-        out.update(_prefixed(REFINER_OPENCLIP_PREFIX, openclip_to_ldm(
-            te2.state_dict(), te2.config.num_hidden_layers, with_logit_scale=extras)))
-    if extras and fam in ("sd1", "sd2"):
-        out.update(ddpm_schedule_buffers(pipe.scheduler.config))
+    for name in LDM_COMPONENTS:
+        module = getattr(pipe, name, None)
+        if module is not None:
+            out.update(component_to_ldm(arch, name, module, extras=extras))
+    if extras:
+        out.update(schedule_extras(arch, pipe.scheduler.config))
     return out
 
 
