@@ -137,6 +137,77 @@ def test_bad_inputs_keep_previous_model(make_manager, tiny_models, tmp_path):
             p.unlink(missing_ok=True)
 
 
+def test_a_full_cache_unloads_before_it_loads(make_manager, monkeypatch):
+    import gc
+    import weakref
+
+    from pipelines import loading
+
+    manager = make_manager(cache_size=1)
+    old_unet = weakref.ref(manager.load(FILES["sd1"]).pipe.unet)
+    real_load = loading.load_checkpoint
+    seen = []
+
+    def watching_load(*args, **kwargs):
+        gc.collect()
+        seen.append((len(manager._cache), manager.active, old_unet() is None))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(loading, "load_checkpoint", watching_load)
+    manager.load(FILES["sd2"])
+    assert seen == [(0, None, True)]   # the previous checkpoint's memory was free before the new one loaded
+    assert manager.active.info.name == FILES["sd2"] and _one_step(manager, "Euler").images
+
+
+_FIRST_LOAD_IS_FREED = """
+import gc, sys, weakref
+from pathlib import Path
+from pipelines.devices import make_policy
+from pipelines.manager import PipelineManager
+from pipelines.models import ModelPaths, ModelRegistry
+models, configs, state = (Path(p) for p in sys.argv[1:4])
+first, second = sys.argv[4:6]
+manager = PipelineManager(ModelRegistry(ModelPaths(models, cache_dir=state), hashing=False),
+                          policy=make_policy("cpu", "fp32"), cache_size=1, config_root=configs)
+unet = weakref.ref(manager.load(first).pipe.unet)
+manager.load(second)
+gc.collect()
+print("first checkpoint freed:", unet() is None)
+"""
+
+
+def test_the_first_checkpoint_loaded_in_a_fresh_process_is_freed_on_switch(tiny_models, tmp_path):
+    # A fresh interpreter, so the first load is the one that imports diffusers' pipelines (and xformers,
+    # whose stored load error used to pin that load's frames, and so the whole checkpoint, for good).
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = subprocess.run([sys.executable, "-c", _FIRST_LOAD_IS_FREED, str(tiny_models.models),
+                          str(tiny_models.configs), str(tmp_path), FILES["sd1"], FILES["sd2"]], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1], timeout=300)
+    assert "first checkpoint freed: True" in out.stdout, out.stdout + out.stderr[-3000:]
+
+
+def test_a_failed_load_brings_back_the_checkpoint_it_unloaded(make_manager, tiny_models):
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(str(tiny_models.checkpoints / FILES["sd1"]))
+    del sd[next(k for k in sd if k.startswith("first_stage_model.decoder.up.0."))]
+    bad = tiny_models.checkpoints / "zz-partial-2.safetensors"
+    save_file(sd, str(bad))
+    try:
+        manager = make_manager(cache_size=1)
+        manager.load(FILES["sd2"])
+        with pytest.raises(ModelLoadError, match="incomplete"):
+            manager.load("zz-partial-2")
+        assert manager.active.info.name == FILES["sd2"]
+        assert manager.loaded_titles == [manager.active.info.title]
+        assert _one_step(manager, "Euler").images
+    finally:
+        bad.unlink(missing_ok=True)
+
+
 def test_corrupt_tensor_data_is_a_load_error(make_manager, tiny_models):
     # Header intact, a tensor's bytes replaced with the right length of wrong-shaped config → conversion fails.
     src = tiny_models.checkpoints / FILES["sd1"]
