@@ -693,7 +693,8 @@ class NetworkManager:
         _set_adapters_enabled(pipe, True)
         with _quiet_loading():
             pipe.set_adapters(names, weights)
-        if self.fuse:
+        # A UNet compiled with frozen weights (CPU --compile) would not see weights fused in place.
+        if self.fuse and not getattr(pipe.unet, "_weights_frozen", False):
             self._fuse(pipe, state, names, sorted({c for a, _ in active for c in a.components}))
             job.fused = True
 

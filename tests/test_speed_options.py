@@ -92,6 +92,40 @@ def test_compile_flag_compiles_the_shared_unet_once(tiny_models, tmp_path, monke
     assert manager.pipeline("img2img").unet is loaded.pipe.unet
 
 
+def test_cpu_compile_matches_eager_with_and_without_a_lora(tiny_models, tmp_path):
+    """A real Inductor compile with frozen weights (~20 s per graph on 2 cores): same images as eager, and
+    a LoRA (peft adapter modules) still applies and leaves."""
+    import numpy as np
+
+    from bench.synth.networks import kohya_lora, save_lora
+    from pipelines.devices import make_policy
+    from pipelines.manager import PipelineManager
+    from pipelines.models import ModelPaths, ModelRegistry
+
+    paths = ModelPaths(tmp_path / "models", extra_models_dirs=[tiny_models.models], cache_dir=tmp_path / "c")
+
+    def images(compile: bool) -> list:
+        manager = PipelineManager(ModelRegistry(paths), policy=make_policy("cpu", "fp32", compile=compile),
+                                  config_root=tiny_models.configs)
+        pipe = manager.load(FILES["sd1"]).pipe
+        lora = tmp_path / "models" / "Lora" / "tiny.safetensors"
+        if not lora.exists():
+            save_lora(kohya_lora(pipe.unet, None, seed=1), lora)
+        engine = Engine(manager)
+        out = [np.asarray(engine.txt2img(make_request(prompt=p, steps=2, width=64, height=64, seed=2),
+                                         save=False).images[0], dtype=np.int16)
+               for p in ("a cat", "a cat <lora:tiny:8>", "a cat")]
+        assert getattr(pipe.unet, "_weights_frozen", False) is compile
+        return out
+
+    eager, compiled = images(False), images(True)
+    for e, c in zip(eager, compiled):
+        assert np.abs(e - c).max() <= 2
+    assert np.abs(eager[1] - eager[0]).max() > 10            # the (UNet-only) LoRA changes the image
+    assert np.abs(compiled[1] - compiled[0]).max() > 10      # on the compiled UNet too
+    assert np.abs(compiled[2] - compiled[0]).max() <= 1     # and is gone afterwards
+
+
 @pytest.fixture
 def taesd(tiny_models, tmp_path):
     """A models folder of its own (the shared checkpoints linked in) with a tiny random TAESD for SD1 in
