@@ -27,7 +27,9 @@ HEADLINES: dict[str, list[tuple[str, str, str]]] = {
                 ("balanced_over_fast", "Balanced / Fast (target >= 10)", "{}x")],
     "speed": [("unet_step_s_fp32", "UNet CFG step fp32", "{} s"), ("unet_step_s_bf16", "UNet CFG step bf16", "{} s"),
               ("bf16_speedup_over_fp32", "bf16 / fp32 speed-up (target >= 1.5)", "{}x"),
-              ("fraction_of_peak_bf16", "bf16 UNet step, fraction of matmul peak (target >= 0.5)", "{}")],
+              ("fraction_of_peak_bf16", "bf16 UNet step, fraction of matmul peak (target >= 0.5)", "{}"),
+              ("unet_step_s_bf16_compiled", "UNet CFG step bf16 with --compile (frozen Inductor)", "{} s"),
+              ("fraction_of_peak_bf16_compiled", "bf16 UNet step with --compile, fraction of matmul peak", "{}")],
     "interrogate": [("fast_s", "interrogate fast mode", "{} s"), ("best_s", "interrogate best mode", "{} s")],
     "controlnet": [("controlnet_enable_cold_s", "ControlNet enable, SD1.5 size, from disk", "{} s"),
                    ("controlnet_swap_from_disk_s", "ControlNet swap, from disk", "{} s"),
@@ -52,7 +54,9 @@ def _txt2img(model: str, gpu: bool) -> list[tuple[str, str, str]]:
             ("engine_over_bare", "engine / bare diffusers (target <= 1.05)", "{}x"),
             ("peak_mem_mb_engine", f"{model} peak memory during one image ({memory})", "{} MB")] + (
         [("it_per_s_engine", f"{model} it/s through the engine{where}", "{}"),
-         ("it_per_s_bare", f"{model} it/s bare diffusers{where}", "{}")] if gpu else [])
+         ("it_per_s_bare", f"{model} it/s bare diffusers{where}", "{}")] if gpu else []) + [
+        ("it_per_s_engine_compiled", f"{model} it/s through the engine with --compile{where}", "{}"),
+        ("compiled_speedup", "--compile / eager engine (target >= 1.3 on GPU)", "{}x")]
 
 
 # bench/txt2img.py writes one result per architecture (--arch) and profile (--gpu)

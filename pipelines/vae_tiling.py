@@ -2,8 +2,8 @@
 
 diffusers' AutoencoderKL/AutoencoderTiny encode and decode in overlapping, blended tiles when `use_tiling`
 is set (and the image is larger than one tile). Tiles bound the memory of a pass but cost time: measured
-on a 2-core CPU (bench/vae.py, SD1.5 VAE, bf16), a 1024x1024 decode takes 1.61 GB extra and 24 s in one
-pass, 0.41 GB and 42 s in tiles (1.75x slower). So "auto" tiles only when one pass would not fit in the
+on a 2-core CPU (bench/vae.py, SD1.5 VAE, bf16), a 1024x1024 decode takes 1.66 GB extra and 16.7 s in one
+pass, 0.45 GB and 21.2 s in tiles (1.27x slower). So "auto" tiles only when one pass would not fit in the
 free memory of the device, and on CUDA also retries in tiles after an out-of-memory error (ComfyUI's
 behaviour); "on" always tiles, "off" never does.
 """
@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 MODES = ("auto", "on", "off")
 
 # Peak extra memory of one untiled SD1.5 VAE decode, per output pixel and per byte of the VAE's dtype:
-# 1.61 GB at 1024x1024 in bf16 (bench/vae.py) = 770 elements per pixel; the encoder peaks lower. SD1, SD2
+# 1.61-1.66 GB at 1024x1024 in bf16 (bench/vae.py) = 770-790 elements per pixel; the encoder peaks lower. SD1, SD2
 # and SDXL VAEs share the 128/256/512/512 decoder, so one figure serves all; wider decoders scale with it.
 _ELEMENTS_PER_PIXEL = 770
 _REFERENCE_WIDTH = 512
