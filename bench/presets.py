@@ -1,6 +1,6 @@
 """One-click few-step generation: "Fast — LCM 4 steps" vs "Balanced", time per 512x512 image.
 
-    python -m bench presets [--size 512] [--repeat 1] [--precision auto] [--fuse]
+    python -m bench presets [--size 512] [--repeat 1] [--precision auto] [--no-lora-merge]
 
 Full-size SD1.5 architecture with random weights; the LCM-LoRA is a random LoRA with the real
 lcm-lora-sdv1-5 layout (rank 64 on 278 UNet layers, 67.3 M parameters, generated once into
@@ -9,13 +9,14 @@ on the shipped files, so the Fast preset puts `<lora:lcm-lora-sdv1-5:1>` in the 
 the engine, VAE decode included. Also measured: the Fast preset at CFG 1.5 (the negative prompt is then
 run too: twice the UNet work per step), the VAE decode alone (a fixed cost per image for every preset),
 and the first Fast run, which loads the LoRA into the model (later runs reuse it). Runs alternate between
-presets so drift on a shared machine hits all of them; the figure per preset is the fastest of its runs
-(the least disturbed by other processes). Target (issue 8): Balanced / Fast >= 10.
+presets so drift on a shared machine hits all of them; the figure per preset is the median of its runs.
+Target (issue 8): Balanced / Fast >= 10.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import time
 
 from bench.common import CACHE, cached_model, rss_mb, sd15_file, timed, write_result
@@ -47,7 +48,8 @@ def main(argv=None) -> None:
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--fuse", action="store_true", help="fuse the LoRA into the weights for each job")
+    ap.add_argument("--no-lora-merge", action="store_true",
+                    help="keep the LoRA as separate layers (the app's --no-lora-merge) instead of merging it")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -67,7 +69,7 @@ def main(argv=None) -> None:
     manager = PipelineManager(registry, policy=make_policy(args.device, args.precision))
     load_s, loaded = timed(lambda: manager.load(path.name))
     engine = Engine(manager)
-    engine.networks.fuse = args.fuse
+    engine.networks.fuse = not args.no_lora_merge   # as the app: merged while in use
     store = PresetStore(networks=engine.networks)
     family = loaded.arch.family
     current = {"prompt": PROMPT, "negative_prompt": NEGATIVE, "width": args.size, "height": args.size, "seed": 1}
@@ -102,20 +104,22 @@ def main(argv=None) -> None:
             cpu[key].append(time.process_time() - c0)
             print(f"[bench]   {times[key][-1]:.1f} s wall, {cpu[key][-1]:.1f} s cpu", flush=True)
     pipe = manager.pipeline("txt2img")
+    merge_backup_mb = engine.networks.merge_backup_bytes(pipe) / 1e6   # the last job was a Fast one
     latents = torch.randn(1, 4, args.size // 8, args.size // 8, generator=torch.Generator().manual_seed(0))
     c0 = time.process_time()
     decode_s, _ = timed(lambda: engine._decode(pipe, latents.to(pipe.unet.device, pipe.unet.dtype)))
     decode_cpu = time.process_time() - c0
     tiny = manager.tiny_vae()
     tiny_decode_s, _ = timed(lambda: tiny.decode(latents.to(tiny.device, tiny.dtype)))
-    med = {k: min(v) for k, v in times.items()}
-    mcpu = {k: min(v) for k, v in cpu.items()}
+    med = {k: statistics.median(v) for k, v in times.items()}
+    mcpu = {k: statistics.median(v) for k, v in cpu.items()}
     r = reqs["balanced"], reqs["fast"]
     write_result("presets", {
         "model": "SD1.5 architecture, random weights; LCM-LoRA: random, lcm-lora-sdv1-5 layout (rank 64, 67.3M)",
         "precision": manager.policy.dtype_name,
         "size": args.size,
-        "lora_mode": "fused per job" if args.fuse else "unfused (peft adapters)",
+        "lora_mode": "unmerged (peft adapters, --no-lora-merge)" if args.no_lora_merge else "merged while in use (app default)",
+        "lora_merge_backup_mb": round(merge_backup_mb),
         "balanced": f"{r[0].sampler_name} {r[0].scheduler}, {r[0].steps} steps, CFG {r[0].cfg_scale:g}",
         "fast": f"{r[1].sampler_name}, {r[1].steps} steps, CFG {r[1].cfg_scale:g}, <lora:lcm-lora-sdv1-5:1>, "
                 f"VAE type {r[1].vae_type} (TAESD, random weights)",
@@ -141,7 +145,7 @@ def main(argv=None) -> None:
     }, targets={"balanced_over_fast": ">= 10"},
         notes=("UNet evaluations per image: Balanced 25 steps x 2 (CFG > 1 runs the negative prompt too) = 50; "
                "Fast (CFG 1) 4, each with the LoRA's extra layers; Fast at CFG 1.5: 4 x 2 = 8, so at most 6.25x "
-               "before fixed costs. Balanced decodes with the full VAE, Fast with TAESD (VAE type Tiny). Figures are the fastest of the repeats; cpu_* is process CPU time (all threads)."))
+               "before fixed costs. Balanced decodes with the full VAE, Fast with TAESD (VAE type Tiny). Figures are medians of the repeats; cpu_* is process CPU time (all threads)."))
 
 
 if __name__ == "__main__":

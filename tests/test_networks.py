@@ -113,6 +113,24 @@ def test_several_loras_fused_mode_and_removal(env):
     assert unet is env.manager.active.pipe.unet
 
 
+def test_merged_loras_stay_merged_while_asked_for_and_the_originals_come_back_exactly(env, monkeypatch):
+    networks = env.engine.networks
+    base = generate(env, "a bird")
+    merges = []
+    merge = networks._fuse
+    monkeypatch.setattr(networks, "_fuse", lambda *a, **kw: (merges.append(a[2]), merge(*a, **kw)))
+    monkeypatch.setattr(networks, "fuse", True)
+    one = generate(env, "a bird <lora:tiny_lora:1>")
+    two = generate(env, "a bird <lora:tiny_lora:1>")                 # the same LoRA: still merged
+    assert len(merges) == 1 and np.array_equal(pixels(one), pixels(two))
+    assert 'Lora hashes: "tiny_lora: ' in two.infotexts[0]
+    half = generate(env, "a bird <lora:tiny_lora:0.5>")              # another weight: restore, merge again
+    assert len(merges) == 2 and not np.array_equal(pixels(half), pixels(one))
+    assert np.array_equal(pixels(generate(env, "a bird")), pixels(base))   # the checkpoint's own weights
+    state = networks._states[env.manager.active.pipe.unet]
+    assert state.backup is None and state.fused_key == ()
+
+
 def test_missing_or_unknown_networks_warn_and_generation_continues(env):
     base = generate(env, "a bird")
     result = generate(env, "a bird <lora:no_such_lora:1> <hypernet:old:1>")

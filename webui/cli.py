@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--ckpt", default=None, help="checkpoint to load at start (title, name or hash)")
     models.add_argument("--ckpt-cache", type=int, default=2, help="checkpoints kept in RAM for instant switching")
     models.add_argument("--no-hashing", action="store_true", help="do not compute sha256 of checkpoints")
+    models.add_argument("--no-lora-merge", action="store_true",
+                        help="keep LoRAs as separate layers instead of merging them into the weights while in use "
+                             "(saves the RAM of the original weights' backup; slower steps)")
     models.add_argument("--sd2-prediction", choices=("epsilon", "v_prediction"), default="epsilon",
                         help="prediction type for SD 2.x checkpoints without a sidecar .yaml/.json")
     models.add_argument("--no-download", action="store_true",

@@ -156,6 +156,7 @@ def create_services(args: argparse.Namespace, *, config_root: Path | None = None
     if styles.load_error:
         log.warning("%s", styles.load_error)
     engine = Engine(manager, saver, styles=styles, hooks=HookRegistry())   # extensions register here
+    engine.networks.fuse = not args.no_lora_merge
     presets = PresetStore(PRESETS_DIR, networks=engine.networks)
     queue = JobQueue(policy.device).start()
     services = Services(args, paths, registry, manager, engine, queue, saver, styles, presets)
