@@ -12,7 +12,7 @@ LoRA (`models/Lora/`)
     runs with every adapter disabled, which is bit-identical to the model without them.
     `fuse=True` (the app's default; `--no-lora-merge` turns it off) merges the active LoRAs into the
     weights, as A1111 and ComfyUI do, and keeps them merged while the next jobs name the same LoRAs at the
-    same weights: no per-layer overhead while sampling (Fast LCM preset, 512x512 CPU: 10.4 s -> 8.7 s).
+    same weights: no per-layer overhead while sampling (Fast LCM preset, 512x512 CPU: 10.4 s -> 8.3 s).
     The original weights are backed up first and copied back when a job wants other LoRAs or none, so
     unmerging is exact (peft's own unmerge subtracts and leaves rounding differences). The backup costs
     RAM while merged.
