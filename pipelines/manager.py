@@ -105,12 +105,12 @@ class PipelineManager:
             loaded = loading.load_checkpoint(mf, arch=arch, config_root=self.config_root,
                                              dtype=self.policy.dtype, progress=sub_progress)
         except UserError:
-            forget_xformers_load_error()
             if dropped is not None and self.active is None:
                 self._restore(dropped)
             self._progress(self._ready_status(), 1.0)
             raise
-        forget_xformers_load_error()   # this load may be the one that imported xformers
+        finally:
+            forget_xformers_load_error()   # this load may be the one that imported xformers
         self.disk_loads += 1
         self._cache[key] = loaded
         self._activate(loaded)
@@ -121,8 +121,10 @@ class PipelineManager:
 
     def _make_room(self) -> ModelFile | None:
         """Unload least-recently-used checkpoints until one more fits the cache, *before* loading it:
-        loading first would hold cache_size + 1 checkpoints at once (measured, bench/memory.py with a
-        one-checkpoint cache: RSS settled at two SD1.5 models, +4.1 GB, after cold switches). Returns the
+        loading first holds cache_size + 1 checkpoints at once, and the allocator keeps that high-water
+        mark (bench/memory.py, one-checkpoint cache, SD1.5: settled RSS after 10 cold switches +4.1 GB
+        loading first, +2.2 GB unloading first; the rest was the xformers pin, see
+        `forget_xformers_load_error`). Returns the
         active checkpoint's file when it had to go, so a failed load can bring it back."""
         dropped = None
         while self._cache and len(self._cache) >= self.cache_size:
@@ -174,7 +176,7 @@ class PipelineManager:
             pipe.unet.compile(mode="max-autotune-no-cudagraphs" if self._on_gpu else "default")
             pipe.unet._compiled = True
         if not self._on_gpu:
-            # Measured (bench/speed.py, 2-core CPU): channels_last makes the VAE decode 10-14% faster but the
+            # Measured (bench/speed.py, 2-core CPU): channels_last makes the VAE decode 8-36% faster but the
             # UNet step 7-20% slower, so only the VAE gets it.
             import torch
 
@@ -203,7 +205,6 @@ class PipelineManager:
 
     def _free_memory(self) -> None:
         gc.collect()
-        _trim_heap()
         try:
             import torch
 
@@ -332,16 +333,3 @@ class PipelineManager:
             "status": self.status,
             "time": time.time(),
         }
-
-
-def _trim_heap() -> None:
-    """Give freed heap memory back to the OS (glibc keeps it in its arenas otherwise, so RSS would stay
-    at the high-water mark of the last load). No-op where glibc's malloc_trim is not there."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):
-        pass

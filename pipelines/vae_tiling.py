@@ -90,8 +90,9 @@ def decode(vae, latents):
         log.warning("VAE decode ran out of memory at %s; decoding in tiles", tuple(latents.shape))
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+        slicing = getattr(vae, "use_slicing", False)
         vae.use_tiling, vae.use_slicing = True, True
         try:
             return vae.decode(latents, return_dict=False)[0]
         finally:
-            vae.use_tiling, vae.use_slicing = False, False
+            vae.use_tiling, vae.use_slicing = False, slicing

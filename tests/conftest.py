@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,15 @@ FILES = {
 }
 FOLDERS = {"sd1": "tiny-sd1-diffusers", "sdxl": "tiny-sdxl-diffusers"}
 FAMILY_OF = {"sd1": "sd1", "sd1_inpaint": "sd1", "sd2": "sd2", "sdxl": "sdxl", "sdxl_refiner": "sdxl_refiner"}
+
+
+def drain(gen, limit: float = 90.0) -> list:
+    """Everything a UI generator handler yields (its progress updates, then the result), within `limit` s."""
+    out, start = [], time.monotonic()
+    for item in gen:
+        out.append(item)
+        assert time.monotonic() - start < limit
+    return out
 
 
 def build_tiny_models(root: Path) -> TinyModels:

@@ -12,6 +12,8 @@ gr = pytest.importorskip("gradio")
 from pipelines.params import BY_NAME, PARAMS  # noqa: E402
 from webui.widgets import make_widget, params_for, widget_kind  # noqa: E402
 
+from conftest import drain  # noqa: E402
+
 
 # ------------------------------------------------------------------------------------------ widgets
 
@@ -122,14 +124,6 @@ def wait_running(job, timeout: float = 10.0):
     while job.state != "running":
         assert time.monotonic() < deadline, job.state
         time.sleep(0.01)
-
-
-def drain(gen, limit: float = 60.0):
-    out, start = [], time.monotonic()
-    for item in gen:
-        out.append(item)
-        assert time.monotonic() - start < limit
-    return out
 
 
 def progress_texts(updates, tab) -> list[str]:

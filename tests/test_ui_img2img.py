@@ -3,7 +3,6 @@ the one queue with the img2img infotext keys, batch folders, send-to between tab
 dropped PNG, the Interrogate button, and readable errors."""
 from __future__ import annotations
 
-import time
 from types import SimpleNamespace
 
 import pytest
@@ -14,6 +13,8 @@ from PIL import Image  # noqa: E402
 
 from pipelines.errors import UserError  # noqa: E402
 from webui.widgets import params_for  # noqa: E402
+
+from conftest import drain  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -56,14 +57,6 @@ def values_of(ctx, **changes):
                   denoising_strength=0.5)
     values.update(changes)
     return values
-
-
-def drain(gen, limit: float = 90.0):
-    out, start = [], time.monotonic()
-    for item in gen:
-        out.append(item)
-        assert time.monotonic() - start < limit
-    return out
 
 
 def editor(background, strokes=None):

@@ -5,7 +5,6 @@ offline message, results, send-to)."""
 from __future__ import annotations
 
 import shutil
-import time
 from types import SimpleNamespace
 
 import pytest
@@ -13,6 +12,8 @@ import pytest
 gr = pytest.importorskip("gradio")
 
 from PIL import Image  # noqa: E402
+
+from conftest import drain  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -40,14 +41,6 @@ def ui(tmp_path_factory):
     ctx.data = data
     yield ctx
     services.close()
-
-
-def drain(gen, limit: float = 60.0):
-    out, start = [], time.monotonic()
-    for item in gen:
-        out.append(item)
-        assert time.monotonic() - start < limit
-    return out
 
 
 def current(tab, **changes):
