@@ -5,6 +5,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import shutil
 import statistics
 import threading
 import time
@@ -34,6 +35,25 @@ def sd15_file(name: str = "sd15-random.safetensors") -> Path:
     from bench.synth.factory import full_size_sd15_single_file
 
     return cached_model(name, full_size_sd15_single_file, "SD1.5")
+
+
+def sd15_copy_file() -> Path:
+    """A second SD1.5 checkpoint (a copy of sd15_file under another name), for cold switches between two."""
+    first = sd15_file()
+    second = first.with_name("sd15-random-copy.safetensors")
+    if not second.exists():
+        shutil.copyfile(first, second)
+    return second
+
+
+def bench_manager(device: str = "cpu", precision: str = "auto", *, compile: bool = False, **manager_kw):
+    """A PipelineManager over the cache's models/ (no hashing: the files are regenerated at will)."""
+    from pipelines.devices import make_policy
+    from pipelines.manager import PipelineManager
+    from pipelines.models import ModelPaths, ModelRegistry
+
+    registry = ModelRegistry(ModelPaths(CACHE / "models", cache_dir=CACHE / "state"), hashing=False)
+    return PipelineManager(registry, policy=make_policy(device, precision, compile=compile), **manager_kw)
 
 
 def sdxl_file(name: str = "sdxl-random.safetensors") -> Path:

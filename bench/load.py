@@ -12,9 +12,8 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import shutil
 
-from bench.common import CACHE, median_time, rss_mb, sd15_file, timed, write_result
+from bench.common import CACHE, median_time, rss_mb, sd15_copy_file, sd15_file, timed, write_result
 
 
 def evict(path) -> None:
@@ -47,10 +46,7 @@ def main(argv=None) -> None:
     from pipelines.manager import PipelineManager
     from pipelines.models import ModelPaths, ModelRegistry
 
-    a = sd15_file()
-    b = a.with_name("sd15-random-copy.safetensors")
-    if not b.exists():
-        shutil.copy(a, b)
+    a, b = sd15_file(), sd15_copy_file()
     raw, _ = median_time(lambda: raw_read(a), args.repeat)
     import diffusers.loaders.single_file  # noqa: F401  (imports are not part of a model load)
     from diffusers import StableDiffusionPipeline  # noqa: F401

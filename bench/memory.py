@@ -15,9 +15,8 @@ import argparse
 import dataclasses
 import gc
 import os
-import shutil
 
-from bench.common import CACHE, peak_rss_mb, rss_mb, sd15_file, write_result
+from bench.common import bench_manager, peak_rss_mb, rss_mb, sd15_copy_file, sd15_file, write_result
 
 
 def _settled_rss() -> float:
@@ -37,18 +36,11 @@ def main(argv=None) -> None:
 
     import torch
 
-    from pipelines.devices import make_policy
     from pipelines.generation import Engine
-    from pipelines.manager import PipelineManager
-    from pipelines.models import ModelPaths, ModelRegistry
     from pipelines.params import make_request
 
-    first = sd15_file()
-    second = first.with_name("sd15-random-copy.safetensors")
-    if not second.exists():
-        shutil.copyfile(first, second)   # a second checkpoint: the switch loads it from disk
-    manager = PipelineManager(ModelRegistry(ModelPaths(CACHE / "models", cache_dir=CACHE / "state"), hashing=False),
-                              policy=make_policy(args.device, args.precision), cache_size=1)
+    first, second = sd15_file(), sd15_copy_file()
+    manager = bench_manager(args.device, args.precision, cache_size=1)
     manager.load(first.name)
     engine = Engine(manager)
     cuda = args.device.startswith("cuda")

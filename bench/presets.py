@@ -19,7 +19,7 @@ import os
 import statistics
 import time
 
-from bench.common import CACHE, cached_model, rss_mb, sd15_file, timed, write_result
+from bench.common import CACHE, bench_manager, cached_model, rss_mb, sd15_file, timed, write_result
 
 PROMPT = "a photograph of an astronaut riding a horse"
 NEGATIVE = "blurry, lowres"
@@ -55,18 +55,14 @@ def main(argv=None) -> None:
 
     import torch
 
-    from pipelines.devices import make_policy
     from pipelines.generation import Engine
-    from pipelines.manager import PipelineManager
-    from pipelines.models import ModelPaths, ModelRegistry
     from pipelines.params import make_request
     from pipelines.presets import PresetStore
 
     path = sd15_file()
     lcm_lora_file()
     taesd_folder()
-    registry = ModelRegistry(ModelPaths(CACHE / "models", cache_dir=CACHE / "state"), hashing=False)
-    manager = PipelineManager(registry, policy=make_policy(args.device, args.precision))
+    manager = bench_manager(args.device, args.precision)
     load_s, loaded = timed(lambda: manager.load(path.name))
     engine = Engine(manager)
     engine.networks.fuse = not args.no_lora_merge   # as the app: merged while in use

@@ -20,7 +20,7 @@ import os
 import statistics
 import time
 
-from bench.common import CACHE, rss_mb, sd15_file, write_result
+from bench.common import bench_manager, rss_mb, sd15_file, write_result
 
 
 def matmul_peak(dtype, device: str, sizes=(1024, 2048, 4096), repeat: int = 3) -> float:
@@ -79,13 +79,9 @@ def _compiled(prec: str, name: str, x, t, ctx, args, flops: float, peak: float, 
     """The same step with --compile (on CPU: Inductor with frozen weights), the way the app compiles."""
     import torch
 
-    from pipelines.devices import make_policy
-    from pipelines.manager import PipelineManager
-    from pipelines.models import ModelPaths, ModelRegistry
 
     before = rss_mb()
-    manager = PipelineManager(ModelRegistry(ModelPaths(CACHE / "models", cache_dir=CACHE / "state"),
-                                            hashing=False), policy=make_policy(args.device, prec, compile=True))
+    manager = bench_manager(args.device, prec, compile=True)
     unet = manager.load(name).pipe.unet
     with torch.no_grad():
         start = time.perf_counter()
@@ -116,17 +112,12 @@ def main(argv=None) -> None:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from pipelines.devices import make_policy
-    from pipelines.manager import PipelineManager
-    from pipelines.models import ModelPaths, ModelRegistry
 
     path = sd15_file()
     figures: dict = {"size": args.size, "device": args.device, "model": "SD1.5 UNet, random weights"}
     for prec in args.precisions.split(","):
-        policy = make_policy(args.device, prec)
-        dtype = policy.dtype
-        manager = PipelineManager(ModelRegistry(ModelPaths(CACHE / "models", cache_dir=CACHE / "state"),
-                                                hashing=False), policy=policy)
+        manager = bench_manager(args.device, prec)
+        dtype = manager.policy.dtype
         unet = manager.load(path.name).pipe.unet
         lat = args.size // 8
         x = torch.randn(2, 4, lat, lat, dtype=dtype, device=args.device)

@@ -21,7 +21,7 @@ import argparse
 import os
 import statistics
 
-from bench.common import CACHE, peak_rss_mb, rss_mb, sd15_file, sdxl_file, timed, write_result
+from bench.common import bench_manager, peak_rss_mb, rss_mb, sd15_file, sdxl_file, timed, write_result
 
 # arch → (checkpoint file, model label, {gpu: (size, steps)})
 ARCHS = {
@@ -56,16 +56,12 @@ def main(argv=None) -> None:
 
     import torch
 
-    from pipelines.devices import make_policy
     from pipelines.generation import Engine
-    from pipelines.manager import PipelineManager
-    from pipelines.models import ModelPaths, ModelRegistry
     from pipelines.params import make_request
     from pipelines.samplers import build_scheduler
 
     path = model_file()
-    manager = PipelineManager(ModelRegistry(ModelPaths(CACHE / "models", cache_dir=CACHE / "state"), hashing=False),
-                              policy=make_policy(args.device, args.precision))
+    manager = bench_manager(args.device, args.precision)
     loaded = manager.load(path.name)
     engine = Engine(manager)
     prompt, negative = "a photograph of an astronaut riding a horse", "blurry"
@@ -111,9 +107,7 @@ def main(argv=None) -> None:
     compiled = {}
     if args.compile:
         del engine, pipe, loaded, manager, ours, bare
-        manager = PipelineManager(ModelRegistry(ModelPaths(CACHE / "models", cache_dir=CACHE / "state"),
-                                                hashing=False), policy=make_policy(args.device, args.precision,
-                                                                                   compile=True))
+        manager = bench_manager(args.device, args.precision, compile=True)
         manager.load(path.name)
         engine = Engine(manager)
         ours = sync(lambda: engine.txt2img(req, save=False).images)

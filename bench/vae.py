@@ -14,7 +14,7 @@ import gc
 import os
 import statistics
 
-from bench.common import CACHE, peak_rss_mb, rss_mb, sd15_file, timed, write_result
+from bench.common import bench_manager, peak_rss_mb, rss_mb, sd15_file, timed, write_result
 
 
 def main(argv=None) -> None:
@@ -29,12 +29,8 @@ def main(argv=None) -> None:
     import torch
 
     from pipelines import vae_tiling
-    from pipelines.devices import make_policy
-    from pipelines.manager import PipelineManager
-    from pipelines.models import ModelPaths, ModelRegistry
 
-    manager = PipelineManager(ModelRegistry(ModelPaths(CACHE / "models", cache_dir=CACHE / "state"), hashing=False),
-                              policy=make_policy(args.device, args.precision))
+    manager = bench_manager(args.device, args.precision)
     vae = manager.load(sd15_file().name).pipe.vae
     cuda = args.device.startswith("cuda")
     figures: dict = {"model": "SD1.5 VAE, random weights", "precision": str(vae.dtype).replace("torch.", ""),
