@@ -141,3 +141,13 @@ class PasteRegistry:
 
     def add(self, target: PasteTarget) -> None:
         self.targets[target.name] = target
+
+    def wire_buttons(self, buttons: dict, connect, accepts=lambda target: True) -> None:
+        """For each send-to button (by target tab name): `connect(button, target)`, or hide the button when
+        that tab does not exist or `accepts(target)` is false."""
+        for name, button in buttons.items():
+            target = self.targets.get(name)
+            if target is None or not accepts(target):
+                button.visible = False
+                continue
+            connect(button, target)

@@ -235,12 +235,10 @@ class GenerationTab:
     def wire(self) -> None:
         """Connect what needs every tab built: send-to buttons, dropped images, presets."""
         ctx = self.ctx
-        for name, button in self.send_buttons.items():
-            target = ctx.paste.targets.get(name)
-            if target is None or (target.image is None and name not in ("txt2img",)):
-                button.visible = False
-                continue
-            ctx.wire_send(button, self.result_state, target)
+        # Images go to the tabs that take one; the parameters alone to txt2img.
+        ctx.paste.wire_buttons(self.send_buttons,
+                               lambda button, target: ctx.wire_send(button, self.result_state, target),
+                               accepts=lambda target: target.image is not None or target.name == "txt2img")
         own = ctx.paste.targets[self.MODE]
         self.paste_image.upload(self._paste_from_image, inputs=self.paste_image, outputs=ctx.paste_outputs(own, False),
                                 show_progress="hidden", api_visibility="private")

@@ -115,15 +115,12 @@ class InterrogateTab:
         return gr.update(choices=clips), gr.update(choices=captions)
 
     def wire(self) -> None:
-        for name, button in self.send_buttons.items():
-            target = self.ctx.paste.targets.get(name)
-            if target is None:
-                button.visible = False
-                continue
-            prompt, negative = target.fields["prompt"], target.fields["negative_prompt"]
-            button.click(self._sender(target),
-                         inputs=[self.prompt, self.result_mode], outputs=[self.ctx.tabs, prompt, negative],
-                         show_progress="hidden", api_visibility="private")
+        self.ctx.paste.wire_buttons(self.send_buttons, self._wire_target)
+
+    def _wire_target(self, button, target) -> None:
+        prompt, negative = target.fields["prompt"], target.fields["negative_prompt"]
+        button.click(self._sender(target), inputs=[self.prompt, self.result_mode],
+                     outputs=[self.ctx.tabs, prompt, negative], show_progress="hidden", api_visibility="private")
 
     def _sender(self, target):
         def send(text: str, mode: str):

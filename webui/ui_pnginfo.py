@@ -156,12 +156,7 @@ class PngInfoTab:
 
     def wire(self) -> None:
         """Connect the send-to buttons to the tabs that exist (called once every tab is built)."""
-        for name, button in self.send_buttons.items():
-            target = self.ctx.paste.targets.get(name)
-            if target is None:
-                button.visible = False
-                continue
-            self._wire_target(button, target)
+        self.ctx.paste.wire_buttons(self.send_buttons, self._wire_target)
 
     def _wire_target(self, button, target: PasteTarget) -> None:
         # The image goes along to tabs that take one (img2img, inpaint), as in A1111.
