@@ -48,9 +48,9 @@ def sd15_copy_file() -> Path:
 
 def bench_manager(device: str = "cpu", precision: str = "auto", *, compile: bool = False, **manager_kw):
     """A PipelineManager over the cache's models/ (no hashing: the files are regenerated at will)."""
-    from pipelines.devices import make_policy
-    from pipelines.manager import PipelineManager
-    from pipelines.models import ModelPaths, ModelRegistry
+    from pipelines.core.devices import make_policy
+    from pipelines.models.manager import PipelineManager
+    from pipelines.models.files import ModelPaths, ModelRegistry
 
     registry = ModelRegistry(ModelPaths(CACHE / "models", cache_dir=CACHE / "state"), hashing=False)
     return PipelineManager(registry, policy=make_policy(device, precision, compile=compile), **manager_kw)

@@ -55,10 +55,10 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from pipelines.controlnet import BALANCED, controlnet_pipeline, pipeline_kwargs, unit_controlnets
-    from pipelines.devices import make_policy
-    from pipelines.manager import PipelineManager
-    from pipelines.models import ModelPaths, ModelRegistry
+    from pipelines.controlnet.models import BALANCED, controlnet_pipeline, pipeline_kwargs, unit_controlnets
+    from pipelines.core.devices import make_policy
+    from pipelines.models.manager import PipelineManager
+    from pipelines.models.files import ModelPaths, ModelRegistry
 
     ckpt = sd15_file()
     cn_a, cn_b = controlnet_files()
@@ -141,9 +141,9 @@ def main(argv=None) -> None:
     if args.generate:
         from PIL import Image
 
-        from pipelines.controlnet import ControlNetUnit
-        from pipelines.generation import Engine
-        from pipelines.params import make_request
+        from pipelines.controlnet.models import ControlNetUnit
+        from pipelines.generate.engine import Engine
+        from pipelines.params.declarations import make_request
 
         engine = Engine(manager)
         req = make_request(prompt="a house", steps=1, width=256, height=256, seed=1, sampler_name="Euler")

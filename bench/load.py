@@ -42,9 +42,9 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from pipelines.devices import make_policy
-    from pipelines.manager import PipelineManager
-    from pipelines.models import ModelPaths, ModelRegistry
+    from pipelines.core.devices import make_policy
+    from pipelines.models.manager import PipelineManager
+    from pipelines.models.files import ModelPaths, ModelRegistry
 
     a, b = sd15_file(), sd15_copy_file()
     raw, _ = median_time(lambda: raw_read(a), args.repeat)

@@ -36,8 +36,8 @@ def main(argv=None) -> None:
 
     import torch
 
-    from pipelines.generation import Engine
-    from pipelines.params import make_request
+    from pipelines.generate.engine import Engine
+    from pipelines.params.declarations import make_request
 
     first, second = sd15_file(), sd15_copy_file()
     manager = bench_manager(args.device, args.precision, cache_size=1)

@@ -55,9 +55,9 @@ def main(argv=None) -> None:
 
     import torch
 
-    from pipelines.generation import Engine
-    from pipelines.params import make_request
-    from pipelines.presets import PresetStore
+    from pipelines.generate.engine import Engine
+    from pipelines.params.declarations import make_request
+    from pipelines.params.presets import PresetStore
 
     path = sd15_file()
     lcm_lora_file()

@@ -56,9 +56,9 @@ def main(argv=None) -> None:
 
     import torch
 
-    from pipelines.generation import Engine
-    from pipelines.params import make_request
-    from pipelines.samplers import build_scheduler
+    from pipelines.generate.engine import Engine
+    from pipelines.params.declarations import make_request
+    from pipelines.generate.samplers import build_scheduler
 
     path = model_file()
     manager = bench_manager(args.device, args.precision)

@@ -3,8 +3,8 @@
     python -m bench vae [--sizes 512,1024] [--repeat 1]
 
 Full-size SD1.5 VAE (random weights), loaded and placed by the PipelineManager as the app does (policy
-dtype, channels_last on CPU), decoded through `pipelines.vae_tiling.decode`. Peak = RSS above the process
-before the decode (sampling thread), or CUDA max allocated. The figures behind pipelines/vae_tiling.py's
+dtype, channels_last on CPU), decoded through `pipelines.core.vae_tiling.decode`. Peak = RSS above the process
+before the decode (sampling thread), or CUDA max allocated. The figures behind pipelines/core/vae_tiling.py's
 per-pixel memory estimate and its "auto" rule (tile only when one pass would not fit).
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ def main(argv=None) -> None:
 
     import torch
 
-    from pipelines import vae_tiling
+    from pipelines.core import vae_tiling
 
     manager = bench_manager(args.device, args.precision)
     vae = manager.load(sd15_file().name).pipe.vae

@@ -1,6 +1,6 @@
 """The hook registry: what extensions add to the app, and the calls the engine makes into them.
 
-One `HookRegistry` is created by the app (`webui.services`) and handed to the `Engine`; nothing here is
+One `HookRegistry` is created by the app (`webui.app.services`) and handed to the `Engine`; nothing here is
 a module global, and nothing here imports Gradio. Each extension receives its own `ExtensionHooks`
 (`setup(ext)` in its entry module) and registers through it:
 
@@ -26,7 +26,7 @@ Hooks (all typed; see docs/extensions.md):
 
 Isolation: an exception raised by an extension's hook is logged with its traceback, recorded in
 `failures` (the Extensions tab lists it) and the extension is switched off for the rest of the run;
-the job goes on without it. A hook may raise `pipelines.errors.UserError` (or `ParameterError`) from
+the job goes on without it. A hook may raise `pipelines.core.errors.UserError` (or `ParameterError`) from
 `before_generation` / `run_generation` to refuse a request with a message the user reads; that is not
 a failure. `Interrupted` / `Skipped` pass through like the user's own interrupt.
 """
@@ -42,12 +42,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from . import params as params_mod
-from .errors import Interrupted, Skipped, UserError
-from .params import BY_NAME, PARAMS, GenerationRequest, Param
+from .params import declarations as params_mod
+from .core.errors import Interrupted, Skipped, UserError
+from .params.declarations import BY_NAME, PARAMS, GenerationRequest, Param
 
 if TYPE_CHECKING:   # no torch import here: generation imports this module
-    from .generation import GenerationResult
+    from .generate.engine import GenerationResult
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ class GenerationCall:
         """One result for a job made of several generations: `grid` first (saved with `save_grid`; its
         infotext is `infotext`, else the first image's), then, with `cell_images`, every image of `parts`
         in order (already saved by `generate`). Seeds, notices, skips and interrupts are merged."""
-        from .generation import GenerationResult
+        from .generate.engine import GenerationResult
 
         result = GenerationResult(request=self.request)
         first = next((p for p in parts if p.images), None)
@@ -237,7 +237,7 @@ class HookRegistry:
 
     def add_param(self, param: Param, owner: str, modes: Sequence[str] = MODES, section: str | None = None) -> Param:
         if not isinstance(param, Param):
-            raise TypeError(f"add_param: expected a pipelines.params.Param, got {type(param).__name__}")
+            raise TypeError(f"add_param: expected a pipelines.params.declarations.Param, got {type(param).__name__}")
         modes = (modes,) if isinstance(modes, str) else tuple(modes)
         bad = [m for m in modes if m not in MODES]
         if bad or not modes:
@@ -302,7 +302,7 @@ class HookRegistry:
         return params_mod.all_params(self.params, mode)
 
     def make_request(self, values: dict[str, Any] | None = None, **kw) -> GenerationRequest:
-        """`pipelines.params.make_request` that also takes the extension parameters (into `extra`)."""
+        """`pipelines.params.declarations.make_request` that also takes the extension parameters (into `extra`)."""
         return params_mod.make_request(values, extra_params=self.params, **kw)
 
     def values_from_infotext(self, pairs: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -439,7 +439,7 @@ class ExtensionHooks:
         self._registry.add_tab(title, build_fn, self.name)
 
     def add_param(self, param: Param, modes: Sequence[str] = MODES, section: str | None = None) -> Param:
-        """Declare a generation parameter like the built-in ones (`pipelines.params.Param`): it gets a widget
+        """Declare a generation parameter like the built-in ones (`pipelines.params.declarations.Param`): it gets a widget
         in the txt2img/img2img tabs (grouped under `section`), a field in the API request schema, its
         value (validated, default filled in) in `request.extra[param.name]`, and its infotext key in the
         saved images' parameters. Returns the declared Param."""

@@ -9,7 +9,7 @@
     models/Stable-diffusion/tiny-sdxl-refiner.safetensors
     models/Stable-diffusion/tiny-sd1-diffusers/           diffusers folder
     models/Stable-diffusion/tiny-sdxl-diffusers/
-    configs/<family>/                                     the tiny equivalent of pipelines/configs/
+    configs/<family>/                                     the tiny equivalent of pipelines/models/configs/
 
 The loader is pointed at `configs/` instead of the bundled full-size configs; every other code path
 (header detection, single-file conversion, tokenizers, manager, generation) is the real one.
@@ -95,9 +95,9 @@ def tiny_models(tmp_path_factory) -> TinyModels:
 @pytest.fixture
 def make_manager(tiny_models, tmp_path):
     """PipelineManager over the tiny models (fp32 on CPU), each test with its own hash cache."""
-    from pipelines.devices import make_policy
-    from pipelines.manager import PipelineManager
-    from pipelines.models import ModelPaths, ModelRegistry
+    from pipelines.core.devices import make_policy
+    from pipelines.models.manager import PipelineManager
+    from pipelines.models.files import ModelPaths, ModelRegistry
 
     def make(cache_size: int = 2, models_dir: Path | None = None, **kw) -> PipelineManager:
         paths = ModelPaths(models_dir or tiny_models.models, cache_dir=tmp_path / "cache")

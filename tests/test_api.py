@@ -27,7 +27,7 @@ webuiapi = pytest.importorskip("webuiapi")
 
 from PIL import Image  # noqa: E402
 
-from pipelines.params import PARAMS  # noqa: E402
+from pipelines.params.declarations import PARAMS
 
 SIZE = {"width": 64, "height": 64}
 CLIP, CAPTION = "tiny-clip", "blip-tiny"
@@ -103,11 +103,11 @@ def _write_extra_networks(data: Path) -> bool:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from webui.auth import access_control
-    from webui.cli import parse_args
-    from webui.server import create_app, start_server
-    from webui.services import create_services
-    from webui.testing import free_port, make_tiny_data_dir, tiny_app_args
+    from webui.app.auth import access_control
+    from webui.app.cli import parse_args
+    from webui.app.server import create_app, start_server
+    from webui.app.services import create_services
+    from tests.helpers.app import free_port, make_tiny_data_dir, tiny_app_args
 
     data = make_tiny_data_dir(tmp_path_factory.mktemp("api"))
     ckpts = data / "models" / "Stable-diffusion"
@@ -248,7 +248,7 @@ def test_png_info_reads_what_txt2img_wrote(server):
     assert params["Prompt"] == "a lighthouse" and params["Negative prompt"] == "fog"
     assert params["Seed"] == "77" and params["Size-1"] == "64" and "parameters" not in r.json["items"]
     # JPEG with the infotext in EXIF, and a data: URL
-    from pipelines.image_metadata import write_image
+    from pipelines.images.metadata import write_image
 
     buf = io.BytesIO()
     write_image(image, buf, image.info["parameters"], "jpg")
@@ -384,12 +384,12 @@ def test_options_validation_and_persistence(server):
     r = server.post("/txt2img", {"prompt": "saved", "steps": 1, "seed": 11, "save_images": True, **SIZE}).json()
     files = list((out / "mine").rglob("*.webp"))
     assert len(files) == 1 and base64.b64decode(r["images"][0])[8:12] == b"WEBP"
-    from pipelines.image_metadata import read_infotext
+    from pipelines.images.metadata import read_infotext
 
     assert read_infotext(files[0])[0] == json.loads(r["info"])["infotexts"][0]
     opts = server.get("/options").json()
     assert opts["outdir_txt2img_samples"] == str(out / "mine") and opts["samples_format"] == "webp"
-    from webui.api_options import OptionsStore
+    from webui.api.options import OptionsStore
 
     again = OptionsStore(server.data / "config" / "options.json", out)          # what a restart reads
     assert again.get("samples_format") == "webp" and again.get("outdir_txt2img_samples") == "mine"
@@ -525,9 +525,9 @@ def test_lists_and_model_management(server):
 def test_auth_applies_to_the_api(server):
     from fastapi.testclient import TestClient
 
-    from webui.auth import AccessControl, access_control
-    from webui.cli import parse_args
-    from webui.server import create_app
+    from webui.app.auth import AccessControl, access_control
+    from webui.app.cli import parse_args
+    from webui.app.server import create_app
 
     locked = TestClient(create_app(server.services, AccessControl(api_users={"bot": "s3cret"}), None, api=True))
     assert locked.get("/sdapi/v1/sd-models").status_code == 401
@@ -552,7 +552,7 @@ def test_auth_applies_to_the_api(server):
 
 
 def test_request_body_is_bounded(server, monkeypatch):
-    import webui.api as api_module
+    import webui.api.routes as api_module
 
     # A declared 60 MB body is refused from the header alone (nothing of it is sent, nothing read).
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
@@ -686,7 +686,7 @@ def test_twenty_concurrent_requests_all_complete_and_are_saved_once(server):
     files = sorted((server.data / "outputs" / "load-test").rglob("*"))
     files = [f for f in files if f.is_file()]
     assert len(files) == n and not [f for f in files if f.name.startswith(".")]
-    from pipelines.image_metadata import read_infotext
+    from pipelines.images.metadata import read_infotext
 
     seeds = sorted(int(read_infotext(f)[0].split("Seed: ")[1].split(",")[0]) for f in files)
     assert seeds == list(range(1000, 1000 + n))                      # each image saved once, none lost

@@ -1,4 +1,4 @@
-"""pipelines.download against a local HTTP server: streamed to .part, sha256-checked, atomic, clear errors."""
+"""pipelines.core.download against a local HTTP server: streamed to .part, sha256-checked, atomic, clear errors."""
 from __future__ import annotations
 
 import hashlib
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.download import DownloadError, download_default_model, download_file, DefaultModel
+from pipelines.core.download import DownloadError, download_default_model, download_file, DefaultModel
 
 PAYLOAD = bytes(range(256)) * 4096 + b"tail"   # ~1 MB, more than one chunk
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -117,7 +117,7 @@ def test_default_model_goes_to_checkpoints_folder(server, tmp_path):
 
 
 def test_default_model_constants():
-    from pipelines import download
+    from pipelines.core import download
 
     assert download.DEFAULT_MODEL_URL.endswith("/v1-5-pruned-emaonly.safetensors")
     assert download.DEFAULT_MODEL_SHA256 == "6ce0161689b3853acaa03779ec93eafe75a02f4ced659bee03f50797806fa2fa"

@@ -9,8 +9,8 @@ import pytest
 
 gr = pytest.importorskip("gradio")
 
-from pipelines.params import BY_NAME, PARAMS  # noqa: E402
-from webui.widgets import make_widget, params_for, widget_kind  # noqa: E402
+from pipelines.params.declarations import BY_NAME, PARAMS
+from webui.ui.widgets import make_widget, params_for, widget_kind
 
 from conftest import drain  # noqa: E402
 
@@ -52,7 +52,7 @@ def test_widgets_come_from_the_declarations():
 # ------------------------------------------------------------------------------------------ tokens
 
 def test_token_counter_counts_per_75_token_chunk():
-    from webui.ui_common import count_tokens, token_counter_html
+    from webui.ui.common import count_tokens, token_counter_html
 
     assert count_tokens("") == (0, 75)
     assert count_tokens("a cat") == (2, 75)
@@ -73,7 +73,7 @@ Model: tiny-sd1, Denoising strength: 0.4, Clip skip: 2, Hires upscale: 1.5, Hire
 
 
 def test_paste_values_fill_every_named_field():
-    from webui.ui_pnginfo import paste_values
+    from webui.ui.pnginfo import paste_values
 
     fields = {p.name: object() for p in params_for("txt2img", exclude_groups=("model",))}
     values, unknown = paste_values(INFOTEXT, fields)
@@ -93,11 +93,11 @@ def test_paste_values_fill_every_named_field():
 @pytest.fixture(scope="module")
 def ui(tmp_path_factory):
     """UI + services in process on the tiny model (loaded, as the app does at start)."""
-    from webui.auth import AccessControl
-    from webui.cli import parse_args
-    from webui.services import create_services
-    from webui.testing import make_tiny_data_dir, tiny_app_args
-    from webui.ui import build_ui
+    from webui.app.auth import AccessControl
+    from webui.app.cli import parse_args
+    from webui.app.services import create_services
+    from tests.helpers.app import make_tiny_data_dir, tiny_app_args
+    from webui.ui.blocks import build_ui
 
     data = make_tiny_data_dir(tmp_path_factory.mktemp("ui"))
     args = parse_args(tiny_app_args(data))
@@ -136,7 +136,7 @@ def test_every_txt2img_parameter_has_a_widget(ui):
     assert set(tab.fields) == expected
     for name, comp in tab.fields.items():
         assert comp.label == BY_NAME[name].label
-    # no dead buttons: send-to buttons exist only for tabs that exist (webui.ui.IMAGE_TABS + PNG Info)
+    # no dead buttons: send-to buttons exist only for tabs that exist (webui.ui.blocks.IMAGE_TABS + PNG Info)
     assert set(tab.send_buttons) == {"img2img", "inpaint", "pnginfo"}
     assert set(ui.tab_objects["pnginfo"].send_buttons) == {"txt2img", "img2img", "inpaint"}
 
@@ -166,7 +166,7 @@ def test_live_preview_progress_and_eta_are_streamed(ui, monkeypatch):
     """The handler polls the job's control: progress text, ETA and each new preview reach the page."""
     from PIL import Image
 
-    from pipelines.generation import GenerationResult
+    from pipelines.generate.engine import GenerationResult
 
     tab = ui.tab_objects["txt2img"]
     step_done, finish = threading.Event(), threading.Event()
@@ -229,7 +229,7 @@ def test_bad_values_become_readable_errors(ui):
 def test_pnginfo_send_sets_fields_and_checkpoint(ui, tmp_path):
     from PIL import Image
 
-    from pipelines.image_metadata import write_image
+    from pipelines.images.metadata import write_image
 
     png = ui.tab_objects["pnginfo"]
     path = tmp_path / "in.png"
@@ -263,7 +263,7 @@ def test_pnginfo_send_sets_fields_and_checkpoint(ui, tmp_path):
 def test_access_control_rules():
     from argparse import Namespace
 
-    from webui.auth import AuthConfigError, access_control, is_exposed, parse_credentials
+    from webui.app.auth import AuthConfigError, access_control, is_exposed, parse_credentials
 
     def ns(**kw):
         base = dict(listen=False, share=False, auth=None, auth_file=None, api_auth=None, insecure_no_auth=False)
@@ -288,8 +288,8 @@ def test_api_routes_use_http_basic(monkeypatch, ui):
     from fastapi import APIRouter
     from fastapi.testclient import TestClient
 
-    from webui import server
-    from webui.auth import AccessControl
+    from webui.app import server
+    from webui.app.auth import AccessControl
 
     router = APIRouter()
     router.add_api_route("/sdapi/v1/ping", lambda: {"ok": True}, methods=["GET"])
@@ -308,7 +308,7 @@ def test_api_routes_use_http_basic(monkeypatch, ui):
 def test_port_finder_skips_taken_ports():
     import socket
 
-    from webui.server import find_port, port_is_free
+    from webui.app.server import find_port, port_is_free
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -320,9 +320,9 @@ def test_port_finder_skips_taken_ports():
 
 @pytest.mark.parametrize("flags, merged", [([], True), (["--no-lora-merge"], False)])
 def test_loras_merge_into_the_weights_unless_told_not_to(tmp_path, flags, merged):
-    from webui.cli import parse_args
-    from webui.services import create_services
-    from webui.testing import make_tiny_data_dir, tiny_app_args
+    from webui.app.cli import parse_args
+    from webui.app.services import create_services
+    from tests.helpers.app import make_tiny_data_dir, tiny_app_args
 
     services = create_services(parse_args(tiny_app_args(make_tiny_data_dir(tmp_path)) + flags))
     try:

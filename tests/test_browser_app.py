@@ -24,7 +24,7 @@ NEGATIVE = "blurry"
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    from webui.testing import AppProcess, make_tiny_data_dir, tiny_app_args
+    from tests.helpers.app import AppProcess, make_tiny_data_dir, tiny_app_args
 
     data = make_tiny_data_dir(tmp_path_factory.mktemp("browser-app"))
     with AppProcess(tiny_app_args(data)) as proc:
@@ -75,7 +75,7 @@ def generated(browser, app):
 
 
 def test_txt2img_generates_and_saves_parameters(generated):
-    from pipelines.image_metadata import read_infotext
+    from pipelines.images.metadata import read_infotext
 
     assert len(generated["files"]) == 1, generated
     path = generated["files"][0]

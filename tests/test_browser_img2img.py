@@ -54,7 +54,7 @@ def write_interrogation_models(data: Path) -> None:
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    from webui.testing import AppProcess, make_tiny_data_dir, tiny_app_args
+    from tests.helpers.app import AppProcess, make_tiny_data_dir, tiny_app_args
 
     data = make_tiny_data_dir(tmp_path_factory.mktemp("browser-img2img"))
     write_interrogation_models(data)
@@ -77,7 +77,7 @@ def outputs(app, kind: str) -> list[Path]:
 
 
 def test_inpaint_upload_generates_and_saves(page, app):
-    from pipelines.image_metadata import read_infotext
+    from pipelines.images.metadata import read_infotext
 
     image, mask = app.inputs
     page.click("#tab_img2img-button")

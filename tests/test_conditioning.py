@@ -9,11 +9,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipelines.conditioning import PromptEncoder, at_step
-from pipelines.devices import make_policy
-from pipelines.manager import PipelineManager
-from pipelines.models import ModelPaths, ModelRegistry
-from pipelines.prompt_parser import PromptSyntaxError
+from pipelines.prompts.conditioning import PromptEncoder, at_step
+from pipelines.core.devices import make_policy
+from pipelines.models.manager import PipelineManager
+from pipelines.models.files import ModelPaths, ModelRegistry
+from pipelines.prompts.parser import PromptSyntaxError
 
 from conftest import FILES
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines import loading
-from pipelines.controlnet import ControlNetUnit, choices, detect_controlnet
-from pipelines.errors import ModelLoadError, UserError
-from pipelines.generation import Engine
-from pipelines.params import make_request
+from pipelines.models import loading
+from pipelines.controlnet.models import ControlNetUnit, choices, detect_controlnet
+from pipelines.core.errors import ModelLoadError, UserError
+from pipelines.generate.engine import Engine
+from pipelines.params.declarations import make_request
 
 SD1_FILES = {  # name → (layout, seed)
     "tiny-cn-sd1.safetensors": ("ldm", 11),
@@ -155,7 +155,7 @@ def test_two_units_swap_and_disable_never_reload_the_checkpoint(sd1, monkeypatch
 
 
 def test_unit_lists_are_checked_where_diffusers_would_truncate(sd1):
-    from pipelines.controlnet import controlnet_pipeline, pipeline_kwargs, unit_controlnets
+    from pipelines.controlnet.models import controlnet_pipeline, pipeline_kwargs, unit_controlnets
 
     net = sd1.controlnets.get(sd1.controlnets.registry.find("tiny-cn-sd1"))
     nets = unit_controlnets([net, net], ["Balanced", "Balanced"])
@@ -241,7 +241,7 @@ def test_control_modes_as_sd_webui_controlnet():
     """Balanced: full residuals on both CFG halves; prompt more important: soft (0.1 → 1) scales on both;
     ControlNet more important: soft scales, conditional half only."""
     from bench.synth import tiny_controlnet
-    from pipelines.controlnet import CONTROL_MODES, unit_controlnets
+    from pipelines.controlnet.models import CONTROL_MODES, unit_controlnets
 
     net = tiny_controlnet("sd1", seed=5)
     torch.manual_seed(0)

@@ -5,11 +5,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines import preprocessors as pp
-from pipelines.controlnet import (ControlNetUnit, check_lists, parse_unit_infotext, pipeline_kwargs, unit_infotext,
-                                  units_from_api, units_from_infotext)
-from pipelines.errors import ParameterError, UserError
-from pipelines.infotext import build_infotext, parse_infotext
+from pipelines.controlnet import preprocessors as pp
+from pipelines.controlnet.models import (
+    ControlNetUnit, check_lists, parse_unit_infotext, pipeline_kwargs, unit_infotext, units_from_api,
+    units_from_infotext,
+)
+from pipelines.core.errors import ParameterError, UserError
+from pipelines.params.infotext import build_infotext, parse_infotext
 
 
 def _photo(w: int = 100, h: int = 80, seed: int = 0) -> Image.Image:
@@ -94,7 +96,7 @@ def test_weighted_preprocessor_offline_gives_the_file_and_folder(no_network, tmp
 
 
 def test_weighted_preprocessor_download_failure_is_a_user_error(monkeypatch, tmp_path):
-    from pipelines import download
+    from pipelines.core import download
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     calls = []

@@ -15,7 +15,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 
 DEMO = '''
-from pipelines.params import Param
+from pipelines.params.declarations import Param
 
 
 def setup(ext):
@@ -76,13 +76,13 @@ def tab_labels(demo) -> list[str]:
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    from webui.auth import AccessControl
-    from webui.cli import parse_args
-    from webui.extensions import page_assets
-    from webui.server import create_app, start_server
-    from webui.services import create_services
-    from webui.testing import free_port, make_tiny_data_dir, tiny_app_args
-    from webui.ui import CSS, build_ui
+    from webui.app.auth import AccessControl
+    from webui.app.cli import parse_args
+    from webui.extensions.loader import page_assets
+    from webui.app.server import create_app, start_server
+    from webui.app.services import create_services
+    from tests.helpers.app import free_port, make_tiny_data_dir, tiny_app_args
+    from webui.ui.blocks import CSS, build_ui
 
     root = tmp_path_factory.mktemp("extapp")
     data = make_tiny_data_dir(root / "data")
@@ -120,8 +120,8 @@ def ui_values(ctx, **changes):
 
 
 def test_extension_adds_a_tab_a_parameter_and_a_route(app):
-    from pipelines.image_metadata import read_infotext
-    from webui.ui_generation import EXT_PREFIX
+    from pipelines.images.metadata import read_infotext
+    from webui.ui.generation import EXT_PREFIX
 
     assert "Demo tab" in tab_labels(app.demo) and "Extensions" in tab_labels(app.demo)
     tab = app.ctx.tab_objects["txt2img"]
@@ -165,7 +165,7 @@ def test_extension_adds_a_tab_a_parameter_and_a_route(app):
 
 
 def test_broken_extensions_do_not_stop_the_app_or_the_generation(app):
-    from pipelines.params import make_request
+    from pipelines.params.declarations import make_request
 
     result = app.services.run_txt2img(make_request(prompt="still works", steps=1, width=64, height=64, seed=1))
     assert len(result.images) == 1
@@ -184,8 +184,8 @@ def test_xyz_plot_makes_a_labelled_grid_and_saves_every_image(app):
     """Through the txt2img tab's Generate handler, as a user runs it."""
     from PIL import Image
 
-    from pipelines.image_metadata import read_infotext
-    from webui.ui_generation import EXT_PREFIX
+    from pipelines.images.metadata import read_infotext
+    from webui.ui.generation import EXT_PREFIX
 
     tab = app.ctx.tab_objects["txt2img"]
     values = ui_values(app.ctx, steps=1, seed=5, **{EXT_PREFIX + "xyz_x_type": "Sampling steps",
@@ -238,7 +238,7 @@ def test_xyz_checkpoint_and_sampler_axes_with_z(app):
     assert ["Sampler: Euler," in t for t in texts] == [True, False, True, False]
     assert ["Model: tiny-sd1-b" in t for t in texts] == [True, True, False, False]
     one = Image.new("RGB", (64, 64))
-    from pipelines.grids import labelled_grid
+    from pipelines.images.grids import labelled_grid
 
     sub = labelled_grid([[one, one]], col_labels=["Sampler: Euler", "Sampler: DDIM"])
     grid = result.images[0]
@@ -269,11 +269,11 @@ def test_prompt_matrix(app):
 
 
 def test_disabling_an_extension_removes_its_tab_after_restart(app):
-    from pipelines.errors import UserError
-    from webui.auth import AccessControl
-    from webui.cli import parse_args
-    from webui.services import create_services
-    from webui.ui import build_ui
+    from pipelines.core.errors import UserError
+    from webui.app.auth import AccessControl
+    from webui.app.cli import parse_args
+    from webui.app.services import create_services
+    from webui.ui.blocks import build_ui
 
     ext_tab = app.ctx.tab_objects["extensions"]
     ticked = [ext_id for _, ext_id in ext_tab._choices() if ext_id != "demo_ext"]

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pipelines.errors import ParameterError, UserError
+from pipelines.core.errors import ParameterError, UserError
 from pipelines.hooks import HookRegistry
-from pipelines.params import Param, make_request
-from webui.extensions import ExtensionManager, status_html
+from pipelines.params.declarations import Param, make_request
+from webui.extensions.loader import ExtensionManager, status_html
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,7 +33,7 @@ def write_ext(root: Path, name: str, main: str, manifest: dict | None = None, **
 
 
 GOOD = """
-    from pipelines.params import Param
+    from pipelines.params.declarations import Param
     from .helper import LABEL          # relative imports inside the extension folder work
 
     def setup(ext):
@@ -53,7 +53,7 @@ def test_loader_statuses_and_isolation(tmp_path):
                                      "javascript__a.js": "console.log('</script>')"})
     write_ext(root, "broken_import", "import not_a_module_anywhere_42\n\ndef setup(ext):\n    pass\n")
     write_ext(root, "broken_setup", """
-        from pipelines.params import Param
+        from pipelines.params.declarations import Param
 
         def setup(ext):
             ext.add_param(Param("half_done", int, 1, "Half done"))
@@ -65,7 +65,7 @@ def test_loader_statuses_and_isolation(tmp_path):
     (root / "bad_json" / "extension.json").write_text("{nope")
     write_ext(root, "a1111_style", "def setup(ext):\n    pass\n", manifest=False)
     write_ext(root, "clash", """
-        from pipelines.params import Param
+        from pipelines.params.declarations import Param
 
         def setup(ext):
             ext.add_param(Param("steps", int, 1, "Steps again"))
@@ -134,7 +134,7 @@ def test_requirements_installed_once_and_skipped_when_satisfied(tmp_path):
     assert len(calls) == 2
 
     def failing_pip(req, progress):
-        from webui.extensions import ExtensionError
+        from webui.extensions.loader import ExtensionError
 
         raise ExtensionError("pip install -r requirements.txt failed (exit 1):\nERROR: No matching distribution")
 
@@ -238,7 +238,7 @@ def test_xyz_axis_syntax():
     axes = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = axes
     spec.loader.exec_module(axes)
-    from pipelines.params import BY_NAME
+    from pipelines.params.declarations import BY_NAME
 
     params = {p.label: p for p in BY_NAME.values()}
     assert axes.expand(["1-5"], int, "f") == [1, 2, 3, 4, 5]
@@ -262,7 +262,7 @@ def test_xyz_axis_syntax():
 
 
 def test_labelled_grid_layout():
-    from pipelines.grids import Label, labelled_grid, side_by_side
+    from pipelines.images.grids import Label, labelled_grid, side_by_side
 
     cells = [[Image.new("RGB", (64, 64), (10 * r, 20 * c, 200)) for c in range(2)] for r in range(3)]
     grid = labelled_grid(cells, col_labels=["Steps: 1", "Steps: 2"], row_labels=["CFG: 3", "CFG: 5", "CFG: 7"])

@@ -12,7 +12,7 @@ import piexif.helper
 import pytest
 from PIL import Image, PngImagePlugin
 
-from pipelines.image_metadata import normalize_format, read_infotext, write_image
+from pipelines.images.metadata import normalize_format, read_infotext, write_image
 
 ASCII_TEXT = (
     "a cat, sitting\nNegative prompt: ugly\n"

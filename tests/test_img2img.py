@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines import image_inputs as ii
-from pipelines.errors import UserError
-from pipelines.generation import Engine, _encode_images
-from pipelines.image_metadata import read_infotext
-from pipelines.infotext import parse_infotext
-from pipelines.jobs import JobControl
-from pipelines.outputs import OutputSaver
-from pipelines.params import make_request, request_values_from_infotext
+from pipelines.images import inputs as ii
+from pipelines.core.errors import UserError
+from pipelines.generate.engine import Engine, _encode_images
+from pipelines.images.metadata import read_infotext
+from pipelines.params.infotext import parse_infotext
+from pipelines.core.jobs import JobControl
+from pipelines.images.outputs import OutputSaver
+from pipelines.params.declarations import make_request, request_values_from_infotext
 
 from conftest import FILES
 
@@ -28,9 +28,9 @@ SIZE = 64
 @pytest.fixture(scope="module")
 def engine(tiny_models, tmp_path_factory):
     """One manager for the module: sd1 and its inpainting variant stay cached (switching reads no file)."""
-    from pipelines.devices import make_policy
-    from pipelines.manager import PipelineManager
-    from pipelines.models import ModelPaths, ModelRegistry
+    from pipelines.core.devices import make_policy
+    from pipelines.models.manager import PipelineManager
+    from pipelines.models.files import ModelPaths, ModelRegistry
 
     from bench.synth import tiny_controlnet, write_controlnet
 
@@ -209,7 +209,7 @@ def test_inpaint_params_round_trip_through_infotext_and_the_saved_file(engine):
 
 @pytest.mark.parametrize("with_mask", [False, True])
 def test_controlnet_steers_img2img_and_inpainting_from_the_init_image(engine, with_mask):
-    from pipelines.controlnet import ControlNetUnit
+    from pipelines.controlnet.models import ControlNetUnit
 
     _use(engine, "sd1")
     init = _image(64, 64, 9)

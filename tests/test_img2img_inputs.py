@@ -1,5 +1,5 @@
 """img2img inputs without a model: decoding awkward files, the pixel limit, resize modes, mask processing,
-"only masked" geometry, the final composite and the sketch helpers (pipelines.image_inputs)."""
+"only masked" geometry, the final composite and the sketch helpers (pipelines.images.inputs)."""
 from __future__ import annotations
 
 import io
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines import image_inputs as ii
-from pipelines.errors import UserError
+from pipelines.images import inputs as ii
+from pipelines.core.errors import UserError
 
 
 def _png(image: Image.Image, **kw) -> bytes:

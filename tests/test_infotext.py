@@ -9,14 +9,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from pipelines.infotext import (
-    ParsedInfotext,
-    build_infotext,
-    format_value,
-    parse_infotext,
-    quote,
-    unquote,
-)
+from pipelines.params.infotext import ParsedInfotext, build_infotext, format_value, parse_infotext, quote, unquote
 
 # --- fixtures: infotexts as written by other UIs (hand-written from the format) -----------
 

@@ -14,7 +14,7 @@ import weakref
 import pytest
 
 from bench.interrogate import noise_image, tiny_label_lists, write_blip, write_open_clip
-from pipelines.errors import ParameterError, UserError
+from pipelines.core.errors import ParameterError, UserError
 from pipelines.interrogate import MODES, TABLES, InterrogateOptions, Interrogator, load_label_lists
 
 CLIP = "tiny-clip"
@@ -263,7 +263,7 @@ def test_lists_dir_overrides_a_shipped_list(tmp_path):
 
 
 def test_interrupt_during_embedding_writes_nothing(make, image, tmp_path):
-    from pipelines.errors import Interrupted
+    from pipelines.core.errors import Interrupted
 
     def stop(stage, fraction):
         if stage.startswith("embedding flavors"):
@@ -280,7 +280,7 @@ def test_interrupt_during_embedding_writes_nothing(make, image, tmp_path):
 
 
 def test_from_app_model_paths(models_dir, tmp_path, offline, image):
-    from pipelines.models import ModelPaths
+    from pipelines.models.files import ModelPaths
 
     paths = ModelPaths(models_dir=tmp_path / "models", extra_models_dirs=[models_dir.parent])
     it = Interrogator.from_paths(paths, clip_model=CLIP, caption_model=CAPTION, label_lists=tiny_label_lists())

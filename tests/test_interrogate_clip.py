@@ -6,7 +6,7 @@ import json
 import pytest
 
 from bench.interrogate import TINY_CLIP_CFG, noise_image, write_open_clip
-from pipelines.errors import ModelLoadError, UserError
+from pipelines.core.errors import ModelLoadError, UserError
 from pipelines.interrogate import sources
 from pipelines.interrogate.clip_model import ClipModel
 from pipelines.interrogate.sources import ClipSpec, ModelSources

@@ -10,7 +10,7 @@ import sys
 import pytest
 import requests
 
-from webui.testing import ROOT, AppProcess
+from tests.helpers.app import ROOT, AppProcess
 
 
 @pytest.fixture(scope="module")

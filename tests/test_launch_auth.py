@@ -10,7 +10,7 @@ import re
 
 import requests
 
-from webui.testing import AppProcess
+from tests.helpers.app import AppProcess
 
 PROTECTED = ["/config", "/gradio_api/info"]
 
@@ -41,7 +41,7 @@ def login(url: str, user: str, password: str) -> requests.Session:
     return s
 
 
-HAS_API = importlib.util.find_spec("webui.api") is not None
+HAS_API = importlib.util.find_spec("webui.api.routes") is not None
 API_PATH = "sdapi/v1/sd-models"
 
 
@@ -102,7 +102,7 @@ def test_bad_auth_value_is_refused_clearly(tmp_path):
     import subprocess
     import sys
 
-    from webui.testing import ROOT
+    from tests.helpers.app import ROOT
 
     r = subprocess.run([sys.executable, "-m", "webui", "--ui-debug-mode", "--auth", "no-colon-here"],
                        cwd=ROOT, capture_output=True, text=True, timeout=60)

@@ -8,10 +8,10 @@ import time
 import pytest
 import torch
 
-from pipelines import samplers
-from pipelines.errors import ModelLoadError, ParameterError, UserError
-from pipelines.generation import Engine
-from pipelines.params import make_request
+from pipelines.generate import samplers
+from pipelines.core.errors import ModelLoadError, ParameterError, UserError
+from pipelines.generate.engine import Engine
+from pipelines.params.declarations import make_request
 
 from conftest import FILES, FOLDERS
 
@@ -141,7 +141,7 @@ def test_a_full_cache_unloads_before_it_loads(make_manager, monkeypatch):
     import gc
     import weakref
 
-    from pipelines import loading
+    from pipelines.models import loading
 
     manager = make_manager(cache_size=1)
     old_unet = weakref.ref(manager.load(FILES["sd1"]).pipe.unet)
@@ -162,9 +162,9 @@ def test_a_full_cache_unloads_before_it_loads(make_manager, monkeypatch):
 _FIRST_LOAD_IS_FREED = """
 import gc, sys, weakref
 from pathlib import Path
-from pipelines.devices import make_policy
-from pipelines.manager import PipelineManager
-from pipelines.models import ModelPaths, ModelRegistry
+from pipelines.core.devices import make_policy
+from pipelines.models.manager import PipelineManager
+from pipelines.models.files import ModelPaths, ModelRegistry
 models, configs, state = (Path(p) for p in sys.argv[1:4])
 first, second = sys.argv[4:6]
 manager = PipelineManager(ModelRegistry(ModelPaths(models, cache_dir=state), hashing=False),

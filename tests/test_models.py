@@ -12,12 +12,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pipelines import detect
-from pipelines.errors import ModelLoadError, UserError
-from pipelines.hashing import legacy_hash
-from pipelines.loading import inspect_checkpoint, read_ckpt_state_dict
-from pipelines.models import ModelFile, ModelPaths, ModelRegistry
-from pipelines.tokenizers import clip_tokenizer
+from pipelines.models import detect
+from pipelines.core.errors import ModelLoadError, UserError
+from pipelines.models.hashing import legacy_hash
+from pipelines.models.loading import inspect_checkpoint, read_ckpt_state_dict
+from pipelines.models.files import ModelFile, ModelPaths, ModelRegistry
+from pipelines.models.tokenizers import clip_tokenizer
 
 
 def test_clip_tokenizer_matches_known_ids():

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from bench.synth.networks import kohya_lora, save_lora, write_embedding
-from pipelines.conditioning import PromptEncoder
-from pipelines.networks import NetworkManager, load_embedding, parse_prompt
-from pipelines.params import make_request
+from pipelines.prompts.conditioning import PromptEncoder
+from pipelines.prompts.networks import NetworkManager, load_embedding, parse_prompt
+from pipelines.params.declarations import make_request
 
 
 @dataclass
@@ -30,11 +30,11 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env(tiny_models, tmp_path_factory) -> Env:
-    from pipelines.devices import make_policy
-    from pipelines.generation import Engine
-    from pipelines.manager import PipelineManager
-    from pipelines.models import ModelPaths, ModelRegistry
-    from pipelines.styles import StyleDatabase
+    from pipelines.core.devices import make_policy
+    from pipelines.generate.engine import Engine
+    from pipelines.models.manager import PipelineManager
+    from pipelines.models.files import ModelPaths, ModelRegistry
+    from pipelines.prompts.styles import StyleDatabase
 
     root = tmp_path_factory.mktemp("networks")
     models = root / "models"   # our own Lora/ and embeddings/; checkpoints from the shared tiny models
@@ -154,7 +154,7 @@ def test_style_with_lora_tag_applies_before_networks(env):
 
 
 def test_fast_preset_runs_with_its_lcm_lora(env):
-    from pipelines.presets import PresetStore
+    from pipelines.params.presets import PresetStore
 
     store = PresetStore(networks=env.engine.networks)
     values, warnings = store.apply("Fast — LCM 4 steps", {"prompt": "a cat", "width": 64, "height": 64, "seed": 1},
@@ -191,7 +191,7 @@ def test_embedding_by_file_name_changes_conditioning(env):
 
 def test_sdxl_two_encoder_embedding_and_misfits(tmp_path):
     from bench.synth.factory import tiny_pipeline
-    from pipelines.models import ModelPaths
+    from pipelines.models.files import ModelPaths
 
     pipe = tiny_pipeline("sdxl", seed=1)
     emb_dir = tmp_path / "models" / "embeddings"
@@ -212,7 +212,7 @@ def test_sdxl_two_encoder_embedding_and_misfits(tmp_path):
 
 
 def test_embedding_file_formats(tmp_path):
-    from pipelines.networks import NetworkFile
+    from pipelines.prompts.networks import NetworkFile
 
     vec = torch.randn(2, 8)
     cases = {

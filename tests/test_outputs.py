@@ -11,15 +11,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pipelines import image_metadata, outputs
-from pipelines.image_metadata import read_infotext
-from pipelines.outputs import (
-    OutputSaver,
-    grid_layout,
-    image_grid,
-    next_sequence_number,
-    prompt_words,
-    sanitize_filename_part,
+from pipelines.images import metadata as image_metadata, outputs
+from pipelines.images.metadata import read_infotext
+from pipelines.images.outputs import (
+    OutputSaver, grid_layout, image_grid, next_sequence_number, prompt_words, sanitize_filename_part,
 )
 
 WHEN = datetime(2024, 5, 6, 7, 8, 9)

@@ -12,10 +12,13 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from pipelines import params, samplers
-from pipelines.errors import ParameterError, UserError
-from pipelines.infotext import build_infotext, parse_infotext
-from pipelines.params import PARAMS, GenerationRequest, infotext_params, make_request, request_values_from_infotext
+from pipelines.params import declarations as params
+from pipelines.generate import samplers
+from pipelines.core.errors import ParameterError, UserError
+from pipelines.params.infotext import build_infotext, parse_infotext
+from pipelines.params.declarations import (
+    PARAMS, GenerationRequest, infotext_params, make_request, request_values_from_infotext,
+)
 
 # ------------------------------------------------------------------ one declaration per parameter
 

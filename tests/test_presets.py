@@ -6,10 +6,10 @@ import shutil
 
 import pytest
 
-from pipelines import samplers
-from pipelines.errors import UserError
-from pipelines.params import declared_defaults, make_request
-from pipelines.presets import (PRESETS_DIR, PresetError, PresetLora, PresetStore, load_preset, preset_filename)
+from pipelines.generate import samplers
+from pipelines.core.errors import UserError
+from pipelines.params.declarations import declared_defaults, make_request
+from pipelines.params.presets import PRESETS_DIR, PresetError, PresetLora, PresetStore, load_preset, preset_filename
 
 SHIPPED = {
     "Balanced": {"sampler_name": "DPM++ 2M", "scheduler": "Karras", "steps": 25, "cfg_scale": 7.0},
@@ -51,8 +51,8 @@ def test_shipped_presets_validate_and_apply():
 
 
 def test_preset_loras_swap_and_missing_file_hint(store, tmp_path):
-    from pipelines.models import ModelPaths
-    from pipelines.networks import NetworkManager
+    from pipelines.models.files import ModelPaths
+    from pipelines.prompts.networks import NetworkManager
 
     store.networks = NetworkManager(ModelPaths(tmp_path / "models"))
     values, warnings = store.apply("Fast — LCM 4 steps", {"prompt": "a cat, <lora:mine:0.5>"}, family="sd1")

@@ -7,18 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipelines.prompt_parser import (
-    BREAK,
-    COMMA_TOKEN_ID,
-    PromptSyntaxError,
-    check_supported,
-    chunk_tokens,
-    comma_token_id,
-    frame_chunk,
-    get_schedule,
-    parse_attention,
-    prompt_at_step,
-    tokenize_weighted,
+from pipelines.prompts.parser import (
+    BREAK, COMMA_TOKEN_ID, PromptSyntaxError, check_supported, chunk_tokens, comma_token_id, frame_chunk,
+    get_schedule, parse_attention, prompt_at_step, tokenize_weighted,
 )
 
 PAD = 49407  # <|endoftext|>
@@ -27,7 +18,7 @@ BOS = 49406
 
 @pytest.fixture(scope="module")
 def tok():
-    from pipelines.tokenizers import clip_tokenizer
+    from pipelines.models.tokenizers import clip_tokenizer
 
     return clip_tokenizer()
 

@@ -6,8 +6,8 @@ import gc
 import psutil
 import pytest
 
-from pipelines.generation import Engine
-from pipelines.params import make_request
+from pipelines.generate.engine import Engine
+from pipelines.params.declarations import make_request
 
 from conftest import FILES
 
@@ -77,9 +77,9 @@ def test_memory_does_not_grow_over_generations_and_switches(make_manager):
 def test_compile_flag_compiles_the_shared_unet_once(tiny_models, tmp_path, monkeypatch):
     import torch
 
-    from pipelines.devices import make_policy
-    from pipelines.manager import PipelineManager
-    from pipelines.models import ModelPaths, ModelRegistry
+    from pipelines.core.devices import make_policy
+    from pipelines.models.manager import PipelineManager
+    from pipelines.models.files import ModelPaths, ModelRegistry
 
     calls = []
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: calls.append((type(self).__name__, kw)))
@@ -98,9 +98,9 @@ def test_cpu_compile_matches_eager_with_and_without_a_lora(tiny_models, tmp_path
     import numpy as np
 
     from bench.synth.networks import kohya_lora, save_lora
-    from pipelines.devices import make_policy
-    from pipelines.manager import PipelineManager
-    from pipelines.models import ModelPaths, ModelRegistry
+    from pipelines.core.devices import make_policy
+    from pipelines.models.manager import PipelineManager
+    from pipelines.models.files import ModelPaths, ModelRegistry
 
     paths = ModelPaths(tmp_path / "models", extra_models_dirs=[tiny_models.models], cache_dir=tmp_path / "c")
 
@@ -162,7 +162,7 @@ def test_tiny_vae_decodes_the_final_image_and_falls_back_with_a_notice(make_mana
 
 
 def test_previews_use_taesd_when_its_weights_are_there(make_manager, taesd):
-    from pipelines.jobs import JobControl
+    from pipelines.core.jobs import JobControl
 
     manager = make_manager(models_dir=taesd)
     manager.load(FILES["sd1"])

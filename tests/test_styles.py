@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.errors import UserError
-from pipelines.params import make_request
-from pipelines.styles import (PromptStyle, StyleDatabase, apply_styles_to_prompt, apply_to_request,
-                              extract_style_text_from_prompt, merge_prompts)
+from pipelines.core.errors import UserError
+from pipelines.params.declarations import make_request
+from pipelines.prompts.styles import (
+    PromptStyle, StyleDatabase, apply_styles_to_prompt, apply_to_request, extract_style_text_from_prompt,
+    merge_prompts,
+)
 
 # A user's file as A1111 writes it: UTF-8 BOM, CRLF, quoted fields (commas, a newline), divider rows.
 A1111_CSV = (

@@ -127,7 +127,7 @@ EXPECTED_KEYS = {
 def test_single_file_key_layout(built):
     from safetensors import safe_open
 
-    from pipelines.detect import detect_architecture, read_safetensors_header, shapes_from_header
+    from pipelines.models.detect import detect_architecture, read_safetensors_header, shapes_from_header
 
     arch, pipe, _, _, ckpt = built
     fam = arch.removesuffix("_inpaint")
@@ -170,7 +170,7 @@ def test_full_size_sdxl_layout_is_what_the_loader_reads():
 
     from bench.synth import full_size_ldm_state_dict, full_size_pipeline_skeleton
     from bench.synth.ldm_export import SDXL_CLIP_PREFIX, SDXL_OPENCLIP_PREFIX, _text_model_keys
-    from pipelines.detect import SDXL, detect_architecture
+    from pipelines.models.detect import SDXL, detect_architecture
 
     ldm = full_size_ldm_state_dict("sdxl", empty=True)
     skeleton = full_size_pipeline_skeleton("sdxl")

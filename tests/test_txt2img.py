@@ -15,16 +15,18 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines import generation, image_metadata, noise, params
-from pipelines.conditioning import PromptEncoder
-from pipelines.devices import make_policy
-from pipelines.generation import Engine
-from pipelines.jobs import JobControl
-from pipelines.manager import PipelineManager
-from pipelines.models import ModelPaths, ModelRegistry
-from pipelines.outputs import OutputSaver
-from pipelines.params import make_request
-from pipelines.prompt_parser import PromptSyntaxError
+from pipelines.generate import engine as generation, noise
+from pipelines.images import metadata as image_metadata
+from pipelines.params import declarations as params
+from pipelines.prompts.conditioning import PromptEncoder
+from pipelines.core.devices import make_policy
+from pipelines.generate.engine import Engine
+from pipelines.core.jobs import JobControl
+from pipelines.models.manager import PipelineManager
+from pipelines.models.files import ModelPaths, ModelRegistry
+from pipelines.images.outputs import OutputSaver
+from pipelines.params.declarations import make_request
+from pipelines.prompts.parser import PromptSyntaxError
 
 from conftest import FILES
 

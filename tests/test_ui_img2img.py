@@ -11,19 +11,19 @@ gr = pytest.importorskip("gradio")
 
 from PIL import Image  # noqa: E402
 
-from pipelines.errors import UserError  # noqa: E402
-from webui.widgets import params_for  # noqa: E402
+from pipelines.core.errors import UserError
+from webui.ui.widgets import params_for
 
 from conftest import drain  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def ui(tmp_path_factory):
-    from webui.auth import AccessControl
-    from webui.cli import parse_args
-    from webui.services import create_services
-    from webui.testing import make_tiny_data_dir, tiny_app_args
-    from webui.ui import build_ui
+    from webui.app.auth import AccessControl
+    from webui.app.cli import parse_args
+    from webui.app.services import create_services
+    from tests.helpers.app import make_tiny_data_dir, tiny_app_args
+    from webui.ui.blocks import build_ui
 
     data = make_tiny_data_dir(tmp_path_factory.mktemp("ui-img2img"))
     services = create_services(parse_args(tiny_app_args(data)))
@@ -80,7 +80,7 @@ def test_every_img2img_parameter_has_a_widget_and_tabs_link_up(ui):
     assert {"img2img", "inpaint", "txt2img", "pnginfo"} <= set(ui.paste.targets)
     assert set(tab.send_buttons) == {"img2img", "inpaint", "txt2img", "pnginfo"}
     assert ui.paste.targets["inpaint"].image is tab.inpaint          # "Send to inpaint" → the Inpaint sub-tab
-    from webui.ui_img2img import _mode_selected
+    from webui.ui.img2img import _mode_selected
 
     mode, group = _mode_selected("inpaint_upload")()                  # a sub-tab click: mode + inpaint settings
     assert mode == "inpaint_upload" and group["visible"] is True
@@ -92,7 +92,7 @@ def test_every_img2img_parameter_has_a_widget_and_tabs_link_up(ui):
 
 
 def test_inputs_for_each_sub_tab(files):
-    from webui.ui_img2img import fit_size, inputs_for
+    from webui.ui.img2img import fit_size, inputs_for
 
     assert inputs_for("img2img", {"init_img": files.init}) == (files.init, None)
     assert inputs_for("inpaint_upload", {"inpaint_image": files.init, "inpaint_mask": files.mask}) == \
@@ -119,7 +119,7 @@ def test_inputs_for_each_sub_tab(files):
 # ------------------------------------------------------------------------------------------ generation
 
 def test_inpaint_upload_generates_saves_and_reports_img2img_keys(ui, files):
-    from pipelines.image_metadata import read_infotext
+    from pipelines.images.metadata import read_infotext
 
     tab = ui.tab_objects["img2img"]
     updates = drain(tab.run(request=None, **values_of(ui, i2i_mode="inpaint_upload", inpaint_image=files.init,
@@ -179,8 +179,8 @@ INFOTEXT = ("a castle\nNegative prompt: ugly\nSteps: 9, Sampler: Euler, CFG scal
 
 
 def test_send_result_to_inpaint_pnginfo_and_txt2img(ui, files):
-    from webui.ui_img2img import editor_value
-    from webui.ui_pnginfo import paste_updates
+    from webui.ui.img2img import editor_value
+    from webui.ui.pnginfo import paste_updates
 
     inpaint = ui.paste.targets["inpaint"]
     out = paste_updates(ui, inpaint, INFOTEXT, files.init)
@@ -203,7 +203,7 @@ def test_send_result_to_inpaint_pnginfo_and_txt2img(ui, files):
 
 
 def test_png_dropped_on_the_prompt_fills_the_fields(ui, files, tmp_path):
-    from pipelines.image_metadata import write_image
+    from pipelines.images.metadata import write_image
 
     tab = ui.tab_objects["img2img"]
     path = tmp_path / "with-params.png"

@@ -18,11 +18,11 @@ from conftest import drain  # noqa: E402
 
 @pytest.fixture(scope="module")
 def ui(tmp_path_factory):
-    from pipelines.presets import PRESETS_DIR, PresetStore
-    from webui.auth import AccessControl
-    from webui.cli import parse_args
-    from webui.services import create_services
-    from webui.ui import build_ui
+    from pipelines.params.presets import PRESETS_DIR, PresetStore
+    from webui.app.auth import AccessControl
+    from webui.app.cli import parse_args
+    from webui.app.services import create_services
+    from webui.ui.blocks import build_ui
 
     data = tmp_path_factory.mktemp("ui-tools")
     (data / "styles.csv").write_text("name,prompt,negative_prompt\n# divider,,\nOil,\"{prompt}, oil painting\",photo\n"
@@ -57,7 +57,7 @@ def test_every_shipped_preset_applies_and_fields_stay_editable(ui, monkeypatch):
     monkeypatch.setattr(controls, "family", lambda: "sd1")                 # as with an SD 1.x checkpoint
     names = controls.names()
     assert names[0] == "Defaults" and {"Balanced", "Quality", "Fast — LCM 4 steps", "Turbo 1 step"} <= set(names)
-    from webui.ui_presets import preset_lists
+    from webui.ui.presets import preset_lists
 
     assert [u["choices"] for u in preset_lists(ui)] == [names, names]      # both tabs' pickers, on page load
     for name in names:
@@ -99,7 +99,7 @@ def test_save_delete_and_defaults(ui):
     ckpt, vae, *updates = controls.apply("Defaults", None, *current(tab, steps=5, prompt="kept"))
     by = dict(zip(tab.fields, updates))
     assert by["steps"]["value"] == 33 and by["prompt"]["value"] == "kept"     # reset keeps the prompt
-    from webui.ui import UIContext
+    from webui.ui.blocks import UIContext
 
     fresh = UIContext(ui.services, ui.access)                               # the next start begins with them
     assert fresh.start_values["steps"] == 33
@@ -119,7 +119,7 @@ def test_styles_come_from_the_data_folder_styles_csv(ui):
 
 
 def test_extra_networks_insert_and_remove_tags(ui):
-    from webui.ui_presets import ExtraNetworks, toggle_in_prompt, toggle_lora
+    from webui.ui.presets import ExtraNetworks, toggle_in_prompt, toggle_lora
 
     tab = ui.tab_objects["txt2img"]
     assert [c[0] for c in tab.networks.lora.choices] == ["detail-tweaker"]
@@ -146,7 +146,7 @@ def cn_values(tab, **unit0):
 
 
 def test_controlnet_units_sliders_and_models(ui):
-    from webui.ui_controlnet import slider_updates
+    from webui.ui.controlnet import slider_updates
 
     tab = ui.tab_objects["txt2img"]
     panel = tab.controlnet
@@ -165,7 +165,7 @@ def test_controlnet_units_sliders_and_models(ui):
     assert len(units) == 2 and units[0].enabled and not units[1].enabled      # unit numbers kept for infotext
     u = units[0]
     assert (u.module, u.threshold_a, u.threshold_b, u.weight, u.guidance_end) == ("canny", 50, 200, 0.6, 0.8)
-    from pipelines.errors import ParameterError
+    from pipelines.core.errors import ParameterError
 
     with pytest.raises(ParameterError, match=r"controlnet\[0\].guidance_start"):
         panel.units_from(cn_values(tab, enabled=True, module="canny", guidance_start=0.9, guidance_end=0.5))
@@ -196,7 +196,7 @@ def test_controlnet_units_reach_the_engine_and_preview_runs_on_the_queue(ui, mon
 
 
 def test_controlnet_units_are_pasted_from_infotext(ui):
-    from webui.ui_pnginfo import paste_updates
+    from webui.ui.pnginfo import paste_updates
 
     target = ui.paste.targets["txt2img"]
     text = ("a cat\nSteps: 5, Sampler: Euler, Seed: 1, Size: 64x64, ControlNet 1: \"Module: canny, Model: None, "

@@ -8,10 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines import vae_tiling
-from pipelines.devices import make_policy
-from pipelines.generation import Engine
-from pipelines.params import make_request
+from pipelines.core import vae_tiling
+from pipelines.core.devices import make_policy
+from pipelines.generate.engine import Engine
+from pipelines.params.declarations import make_request
 
 from conftest import FILES
 
@@ -138,7 +138,7 @@ def test_policy_rejects_an_unknown_mode():
 
 
 def test_cli_flag_reaches_the_policy():
-    from webui.cli import parse_args
+    from webui.app.cli import parse_args
 
     assert parse_args(["--vae-tiling", "on"]).vae_tiling == "on"
     assert parse_args([]).vae_tiling == "auto"

@@ -29,7 +29,7 @@ def configure_logging(level: str = "INFO") -> None:
 
 def startup_checkpoint(services, args):
     """The checkpoint to load at start: --ckpt, else the first one found; None (with a reason) otherwise."""
-    from pipelines.errors import UserError
+    from pipelines.core.errors import UserError
 
     registry = services.registry
     if args.ckpt:
@@ -39,14 +39,14 @@ def startup_checkpoint(services, args):
             return None, f"--ckpt {args.ckpt!r}: {err}"
     if registry.checkpoints:
         return registry.checkpoints[0], None
-    from .ui import no_model_message
+    from .ui.blocks import no_model_message
 
     return None, no_model_message(services)
 
 
 def report_startup_load(job) -> None:
     """Say on the console how the initial checkpoint load ended (the UI status line says it too)."""
-    from pipelines.errors import UserError
+    from pipelines.core.errors import UserError
 
     job.done.wait()
     if job.error is None:
@@ -60,7 +60,7 @@ def report_startup_load(job) -> None:
 def warm_tokenizer() -> None:
     """Build the CLIP tokenizer in the background so the first token count answers at once."""
     try:
-        from pipelines.tokenizers import clip_tokenizer
+        from pipelines.models.tokenizers import clip_tokenizer
 
         clip_tokenizer()
     except Exception:  # noqa: BLE001 - only a warm-up; the counter reports its own errors
@@ -70,12 +70,12 @@ def warm_tokenizer() -> None:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    from .cli import parse_args
+    from .app.cli import parse_args
 
     args = parse_args(argv)
     configure_logging(os.environ.get("WEBUI_LOG_LEVEL", "INFO"))
 
-    from .auth import AuthConfigError, access_control, is_exposed
+    from .app.auth import AuthConfigError, access_control, is_exposed
 
     try:
         access = access_control(args)
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
-    from .services import create_services
+    from .app.services import create_services
 
     try:
         services = create_services(args)
@@ -101,18 +101,18 @@ def main(argv: list[str] | None = None) -> int:
             log.warning("%s", why)
 
     demo = None
-    from .ui import CSS, LOAD_JS
+    from .ui.blocks import CSS, LOAD_JS
 
     if not args.nowebui:
-        from .ui import build_ui
+        from .ui.blocks import build_ui
 
         demo = build_ui(services, access, startup_title=ckpt.title if ckpt else None)
-    from .server import create_app, find_port, start_server, start_share_tunnel
+    from .app.server import create_app, find_port, start_server, start_share_tunnel
 
     host = "0.0.0.0" if args.listen else "127.0.0.1"
     try:
         port = find_port(host, args.port)
-        from .extensions import page_assets
+        from .extensions.loader import page_assets
 
         ext_css, ext_head = page_assets(services)   # extensions' style.css and javascript/*.js
         app = create_app(services, access, demo, api=args.api or args.nowebui, css=CSS + ext_css, js=LOAD_JS,

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from pipelines.tokenizers import clip_tokenizer
+from pipelines.models.tokenizers import clip_tokenizer
 
 from .ldm_export import LDM_COMPONENTS, export_single_file, family_of
 
@@ -219,7 +219,7 @@ def write_config_folder(pipe, dir: str | os.PathLike) -> Path:
 
 # ------------------------------------------------------------------------- full-size SD 1.5 / SDXL
 
-BUNDLED_CONFIGS = Path(__file__).resolve().parents[2] / "pipelines" / "configs"
+BUNDLED_CONFIGS = Path(__file__).resolve().parents[2] / "pipelines" / "models" / "configs"
 _CONFIG_FILES = {"unet": "unet/config.json", "vae": "vae/config.json", "text_encoder": "text_encoder/config.json",
                  "text_encoder_2": "text_encoder_2/config.json", "scheduler": "scheduler/scheduler_config.json"}
 
@@ -247,7 +247,7 @@ SD15_SCHEDULER_CONFIG = dict(_SD_SCHEDULE, _class_name="PNDMScheduler", skip_prk
 
 
 def bundled_configs(family: str, defaults: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
-    """Component configs of the real `family` model from the loader's bundled pipelines/configs/<family>/
+    """Component configs of the real `family` model from the loader's bundled pipelines/models/configs/<family>/
     ({'unet': ..., 'vae': ..., 'text_encoder': ..., 'text_encoder_2': ..., 'scheduler': {'_class_name':
     ...}}, absent components omitted); a component without a bundled file comes from `defaults`."""
     folder = BUNDLED_CONFIGS / family
@@ -270,7 +270,7 @@ def bundled_configs(family: str, defaults: dict[str, dict[str, Any]] | None = No
 
 
 def _sd15_configs() -> dict[str, dict[str, Any]]:
-    """From the bundled pipelines/configs/sd1/ when the project has it, else the inline dicts above."""
+    """From the bundled pipelines/models/configs/sd1/ when the project has it, else the inline dicts above."""
     return bundled_configs("sd1", {"unet": SD15_UNET_CONFIG, "vae": SD15_VAE_CONFIG,
                                    "text_encoder": SD15_TEXT_ENCODER_CONFIG, "scheduler": SD15_SCHEDULER_CONFIG})
 
@@ -293,7 +293,7 @@ def _default_dtype(dtype: torch.dtype):
 
 def full_size_ldm_state_dict(family: str, dtype: torch.dtype = torch.float16, seed: int = 0,
                              empty: bool = False) -> dict[str, torch.Tensor]:
-    """The real `family` ('sd1', 'sdxl', ... as bundled in pipelines/configs/) architecture with random
+    """The real `family` ('sd1', 'sdxl', ... as bundled in pipelines/models/configs/) architecture with random
     weights (default init of each module, drawn directly in `dtype`) as one LDM-layout state dict.
 
     Modules are built, converted and dropped one at a time, so the peak is about the result plus one
@@ -335,7 +335,7 @@ def full_size_sd15_single_file(path: str | os.PathLike, dtype: torch.dtype = tor
 def full_size_sdxl_single_file(path: str | os.PathLike, dtype: torch.dtype = torch.float16, seed: int = 0) -> Path:
     """The real SDXL base 1.0 architecture (UNet 320/640/1280 with 1/2/10 transformer layers, 2.57 B
     parameters; CLIP ViT-L/14 text 12x768 + OpenCLIP ViT-bigG/14 text 32x1280 with projection; VAE
-    128/256/512/512) from pipelines/configs/sdxl/, random weights, written in the layout of
+    128/256/512/512) from pipelines/models/configs/sdxl/, random weights, written in the layout of
     `sd_xl_base_1.0.safetensors` (`model.diffusion_model.*`, `first_stage_model.*`,
     `conditioner.embedders.0.transformer.*`, `conditioner.embedders.1.model.*`): fp16 by default, 6.94 GB
     like the real file. Built one module at a time directly in fp16 (the UNet never exists in fp32, which

@@ -7,9 +7,9 @@ txt2img/img2img, fields in the API), and a `run_generation` hook takes the job o
 """
 from __future__ import annotations
 
-from pipelines.errors import ParameterError
-from pipelines.grids import Label, labelled_grid
-from pipelines.params import Param, resolve_seed
+from pipelines.core.errors import ParameterError
+from pipelines.images.grids import Label, labelled_grid
+from pipelines.params.declarations import Param, resolve_seed
 
 SECTION = "Prompt matrix"
 MAX_PARTS = 6            # variable parts: 2^6 = 64 images

@@ -13,9 +13,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from pipelines.errors import ParameterError
-from pipelines.infotext import format_value
-from pipelines.params import Param, resolve_seed
+from pipelines.core.errors import ParameterError
+from pipelines.params.infotext import format_value
+from pipelines.params.declarations import Param, resolve_seed
 
 NOTHING = "Nothing"
 PROMPT_SR = "Prompt S/R"

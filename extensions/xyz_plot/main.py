@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import itertools
 
-from pipelines.errors import ParameterError
-from pipelines.grids import font_size_for, labelled_grid, side_by_side
-from pipelines.infotext import format_value, quote
-from pipelines.outputs import image_grid
-from pipelines.params import BY_NAME, Param, check_request, resolve_seed
+from pipelines.core.errors import ParameterError
+from pipelines.images.grids import font_size_for, labelled_grid, side_by_side
+from pipelines.params.infotext import format_value, quote
+from pipelines.images.outputs import image_grid
+from pipelines.params.declarations import BY_NAME, Param, check_request, resolve_seed
 
 from .axes import NOTHING, PROMPT_SR, parse_axis
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from ..errors import ModelLoadError
+from ..core.errors import ModelLoadError
 from .sources import CaptionSource
 
 

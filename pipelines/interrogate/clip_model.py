@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..errors import ModelLoadError
+from ..core.errors import ModelLoadError
 from .sources import CLIP_CONFIG_FILE, ClipSource
 
 log = logging.getLogger(__name__)

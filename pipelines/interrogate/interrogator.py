@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
-from ..errors import ParameterError, UserError
+from ..core.errors import ParameterError, UserError
 from . import labels as L
 from .sources import DEFAULT_CAPTION, DEFAULT_CLIP, ModelSources
 
@@ -161,7 +161,7 @@ class Interrogator:
 
     @classmethod
     def from_paths(cls, paths, **kwargs) -> "Interrogator":
-        """From the app's `pipelines.models.ModelPaths`: models in `models/interrogate` (+ the A1111
+        """From the app's `pipelines.models.files.ModelPaths`: models in `models/interrogate` (+ the A1111
         folders given); label embeddings cached in `<cache_dir>/interrogate`, or without a cache dir in
         `models/interrogate/.cache`. kwargs go to the constructor."""
         if "cache_dir" not in kwargs:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 log = logging.getLogger(__name__)
 

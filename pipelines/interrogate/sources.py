@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""ControlNet: model files, the cache of loaded ones, units, preprocessors."""

@@ -1,0 +1,1 @@
+"""Foundations every feature uses: errors, atomic file writes, devices and precision, the job queue, downloads."""

@@ -1,0 +1,1 @@
+"""Images in and out: decoding and masks, embedded metadata, saving outputs, grids."""

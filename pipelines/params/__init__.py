@@ -1,0 +1,1 @@
+"""Generation parameters declared once, and what is derived from them: infotext, presets."""

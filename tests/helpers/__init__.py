@@ -1,0 +1,1 @@
+"""Test helpers: tiny model folders and the app as a real process."""

@@ -1,0 +1,1 @@
+"""Loading user extensions from extensions/ and wiring their hooks into the app."""

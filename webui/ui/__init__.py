@@ -1,0 +1,1 @@
+"""The Gradio Blocks UI: tabs and panels built from the parameter declarations."""

@@ -1,0 +1,523 @@
+"""The Gradio Blocks app: top bar (checkpoint, VAE, status), the tabs, and the wiring between them."""
+from __future__ import annotations
+
+import html
+import logging
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from pipelines.core.errors import UserError
+
+from ..app.auth import AccessControl, is_exposed
+from ..app.services import Services
+from .common import PasteRegistry, PasteTarget, progress_html, user_error
+from .widgets import make_widget
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.3
+
+# Tabs that take an image from another tab ("inpaint" is the img2img tab's Inpaint sub-tab): every tab's
+# "Send to" buttons are made from this list and wired once all tabs exist (`UIContext.wire_send`).
+IMAGE_TABS: tuple[str, ...] = ("img2img", "inpaint")
+
+CSS = """
+#topbar { align-items: end; gap: 8px; }
+#topbar .tool, .tool { max-width: 44px; min-width: 40px !important; height: 40px; align-self: end; }
+#model_status { font-size: 0.9em; opacity: 0.9; align-self: center; }
+.model-status .progress-bar { margin-top: 4px; }
+.prompt-box { position: relative; }
+.token-counter-box { position: absolute !important; right: 6px; top: 4px; z-index: 10; width: auto !important;
+                     pointer-events: none; }
+.token-counter { font-size: 0.8em; padding: 1px 6px; border-radius: 6px; background: var(--block-background-fill);
+                 border: 1px solid var(--border-color-primary); opacity: 0.85; }
+.token-counter.over { color: var(--color-accent); }
+#txt2img_generate, #img2img_generate { min-height: 78px; font-size: 1.2em; }
+.tool-row { gap: 6px; flex-wrap: nowrap; }
+.tool-row .tool-wide { max-width: none; flex-grow: 1; height: 40px; align-self: end; }
+.tool-column { gap: 6px; justify-content: center; }
+.result-buttons { flex-wrap: wrap; gap: 6px; }
+.result-buttons button { flex: 1 1 auto; }
+.progress-text { white-space: pre-line; }
+.prompt-box.drop-target textarea { outline: 2px dashed var(--color-accent); }
+.align-end { align-self: end; height: 40px; }
+.cn-note p { font-size: 0.85em; opacity: 0.8; margin: 0; }
+#interrogate_details table.interrogate-tops { width: 100%; border-collapse: collapse; font-size: 0.9em;
+                                            margin: 4px 0 0 0;
+                                            border: none !important; box-shadow: none; }
+#interrogate_details .interrogate-tops tr { border: none !important; }
+#interrogate_details .interrogate-tops th, #interrogate_details .interrogate-tops td {
+    border: none !important; border-bottom: 1px solid var(--border-color-primary) !important;
+    padding: 5px 8px !important; vertical-align: top; text-align: left; }
+#interrogate_details .interrogate-tops th { white-space: nowrap; font-weight: 600; opacity: 0.75; width: 1%; }
+#interrogate_details .interrogate-caption { font-size: 0.85em; opacity: 0.7; margin: 6px 0 0 0; }
+#interrogate_details .interrogate-tops .score { opacity: 0.55; font-size: 0.85em; }
+.job-progress { margin: 2px 0 6px 0; }
+.progress-bar { height: 8px; border-radius: 4px; background: var(--border-color-primary); overflow: hidden; }
+.progress-fill { height: 100%; background: var(--color-accent); transition: width 0.2s; }
+.progress-text { font-size: 0.9em; margin-top: 3px; }
+.job-progress.failed .progress-text { color: var(--error-text-color, #b91c1c); }
+#pnginfo_generation_info table.pnginfo-table { width: 100%; border-collapse: collapse; font-size: 0.92em;
+                                              border: none !important; margin: 0; box-shadow: none; }
+#pnginfo_generation_info .pnginfo-table tr { border: none !important; }
+#pnginfo_generation_info .pnginfo-table th, #pnginfo_generation_info .pnginfo-table td {
+    border: none !important; border-bottom: 1px solid var(--border-color-primary) !important;
+    padding: 5px 8px !important; vertical-align: top; text-align: left; }
+#pnginfo_generation_info .pnginfo-table th { white-space: nowrap; font-weight: 600; opacity: 0.75; width: 1%; }
+#pnginfo_generation_info .pnginfo-table td { word-break: break-word; white-space: pre-wrap; }
+.pnginfo-empty { opacity: 0.7; padding: 8px 0; }
+.no-model { border: 1px solid var(--color-accent); border-radius: 8px; padding: 10px 14px; }
+footer { display: none !important; }
+"""
+
+# Run once when the page loads (Gradio's `js=`): Ctrl+Enter / Cmd+Enter clicks Generate on the visible tab, and an
+# image file dropped on a prompt box is handed to that tab's ↙ upload button, whose handler reads the image's
+# generation parameters into the fields (A1111's "drop a PNG on the prompt").
+LOAD_JS = """
+() => {
+  if (window.__webuiKeys) return;
+  window.__webuiKeys = true;
+  const modes = ['txt2img', 'img2img'];
+  document.addEventListener('keydown', (e) => {
+    if ((e.ctrlKey || e.metaKey) && e.key === 'Enter') {
+      for (const m of modes) {
+        const tab = document.querySelector('#tab_' + m);
+        const btn = document.querySelector('#' + m + '_generate');
+        if (btn && tab && tab.offsetParent !== null) { e.preventDefault(); btn.click(); return; }
+      }
+    }
+  });
+  const zone = (e) => {
+    const box = e.target && e.target.closest && e.target.closest('[id$="_prompt"]');
+    if (!box) return null;
+    const mode = modes.find((m) => box.id === m + '_prompt' || box.id === m + '_negative_prompt');
+    return mode ? {box, mode} : null;
+  };
+  const hasFile = (e) => e.dataTransfer && Array.from(e.dataTransfer.types || []).includes('Files');
+  document.addEventListener('dragover', (e) => {
+    const z = zone(e);
+    if (z && hasFile(e)) { e.preventDefault(); z.box.closest('.prompt-box')?.classList.add('drop-target'); }
+  }, true);
+  document.addEventListener('dragleave', (e) => {
+    const z = zone(e);
+    if (z) z.box.closest('.prompt-box')?.classList.remove('drop-target');
+  }, true);
+  document.addEventListener('drop', (e) => {
+    const z = zone(e);
+    if (!z || !hasFile(e)) return;
+    const file = Array.from(e.dataTransfer.files).find((f) => f.type.startsWith('image/'));
+    z.box.closest('.prompt-box')?.classList.remove('drop-target');
+    if (!file) return;
+    const button = document.querySelector('#' + z.mode + '_paste_image');
+    // Gradio renders an UploadButton's hidden file input just before the button.
+    const prev = button && button.previousElementSibling;
+    const input = prev && prev.matches('input[type=file]') ? prev
+                  : button && button.parentElement.querySelector('input[type=file]');
+    if (!input) return;
+    e.preventDefault();
+    e.stopPropagation();
+    const dt = new DataTransfer();
+    dt.items.add(file);
+    input.files = dt.files;
+    input.dispatchEvent(new Event('change', {bubbles: true}));
+  }, true);
+}
+"""
+
+
+@dataclass
+class UIContext:
+    services: Services
+    access: AccessControl
+    paste: PasteRegistry = field(default_factory=lambda: PasteRegistry(image_tabs=IMAGE_TABS))
+    checkpoint: Any = None
+    vae: Any = None
+    tabs: Any = None
+    startup_job: Any = None            # the initial checkpoint load, once submitted
+    startup_title: str | None = None   # the checkpoint the app loads at start (set before its job exists)
+    tab_objects: dict[str, Any] = field(default_factory=dict)
+    start_values: dict[str, Any] = field(default_factory=dict)   # the UI's defaults (presets/defaults.json)
+    preset_dropdowns: list = field(default_factory=list)         # every tab's preset picker
+
+    def __post_init__(self):
+        store = getattr(self.services, "presets", None)
+        if store is not None and not self.start_values and _defaults_customised(store):
+            # Only a customised defaults.json is validated here: validating imports diffusers (seconds of
+            # start-up), and the declared defaults need no check.
+            try:
+                self.start_values, warnings = store.defaults()
+            except Exception:  # noqa: BLE001 - the declared defaults then; the log says why
+                log.exception("could not read the UI defaults preset")
+                warnings = []
+            for w in warnings:
+                log.warning("UI defaults: %s", w)
+
+    def when_ready(self, fn):
+        """A page-load handler running `fn()` once the start-up checkpoint load is over (work that imports
+        the engine's libraries must not race the load's own first imports)."""
+
+        def handler():
+            while self.loading():
+                if self.startup_job is not None:
+                    self.startup_job.done.wait(POLL_SECONDS)
+                else:
+                    time.sleep(POLL_SECONDS)
+            return fn()
+
+        return handler
+
+    @property
+    def args(self):
+        return self.services.args
+
+    @property
+    def exposed(self) -> bool:
+        return is_exposed(self.args)
+
+    @property
+    def can_open_folder(self) -> bool:
+        # Opening a folder happens on the server machine: only sensible for a local, unexposed app.
+        return not self.exposed and (sys.platform in ("win32", "darwin") or shutil.which("xdg-open") is not None)
+
+    @property
+    def paste_tabs(self) -> tuple[str, ...]:
+        """Tabs that receive pasted parameters (PNG Info → ...), in tab order."""
+        return ("txt2img",) + self.paste.image_tabs
+
+    def open_folder(self, folder: Path) -> bool:
+        if not self.can_open_folder:
+            return False
+        folder.mkdir(parents=True, exist_ok=True)
+        cmd = {"win32": ["explorer"], "darwin": ["open"]}.get(sys.platform, ["xdg-open"])
+        try:
+            subprocess.Popen([*cmd, str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            return True
+        except OSError:
+            return False
+
+    # ------------------------------------------------------------------ models
+    def checkpoint_titles(self) -> list[str]:
+        return [m.title for m in self.services.registry.checkpoints]
+
+    def style_names(self) -> list[str]:
+        """Prompt styles (styles.csv) when the services provide a style database, else none."""
+        db = getattr(self.services, "styles", None)
+        try:
+            return list(db.names()) if db is not None else []
+        except Exception:  # noqa: BLE001 - a broken styles.csv must not stop the UI; the log says why
+            log.exception("could not read the prompt styles")
+            return []
+
+    def vae_choices(self) -> list[str]:
+        return ["Automatic", "None"] + [m.name for m in self.services.registry.vaes]
+
+    def current_checkpoint(self) -> str | None:
+        m = self.services.manager
+        if m.active is not None:
+            return m.active.info.title
+        if self.loading():
+            return getattr(self.startup_job, "target_title", None) or self.startup_title
+        return None
+
+    def find_checkpoint(self, query: str) -> str | None:
+        try:
+            return self.services.registry.find_checkpoint(query).title
+        except UserError:
+            return None
+
+    def loading(self) -> bool:
+        """The start-up checkpoint load is pending or running."""
+        job = self.startup_job
+        if job is None:   # submitted right after the server starts answering
+            return self.startup_title is not None and self.services.manager.active is None
+        return not job.done.is_set()
+
+    def require_model(self, wanted: str) -> None:
+        if wanted or self.services.manager.active is not None or self.loading():
+            return
+        if self.services.registry.checkpoints:
+            raise UserError("no checkpoint is loaded: choose one in the Checkpoint list at the top")
+        raise UserError(no_model_message(self.services))
+
+    def paste_outputs(self, target: PasteTarget, with_image: bool = True) -> list:
+        """Components a send to `target` updates: the tabs, the checkpoint, the fields, then (for a target
+        that takes an image) the image and the target's extras (sub-tab, mode)."""
+        out = [self.tabs, self.checkpoint, *target.fields.values()]
+        if with_image and target.image is not None:
+            out += [target.image, *(comp for comp, _ in target.extra)]
+        if target.controlnet is not None:
+            out += target.controlnet.paste_components()
+        return out
+
+    def wire_send(self, button, state, target: PasteTarget) -> None:
+        """Send the selected result (image and its parameters) to `target` with one click."""
+        from .pnginfo import paste_updates
+
+        def send(st: dict):
+            st = st or {}
+            paths, infotexts = st.get("paths") or [], st.get("infotexts") or []
+            if not paths and not infotexts:
+                raise gr.Error("Generate an image first")
+            idx = min(st.get("index", 0), max(len(paths), len(infotexts)) - 1)
+            path = paths[idx] if idx < len(paths) else None
+            text = infotexts[idx] if idx < len(infotexts) else None
+            return paste_updates(self, target, text, path)
+
+        button.click(send, inputs=state, outputs=self.paste_outputs(target), show_progress="hidden",
+                     api_visibility="private")
+
+    # Kept for extensions written against the first UI: sends only the image.
+    def wire_send_image(self, button, state, target: PasteTarget) -> None:
+        self.wire_send(button, state, target)
+
+
+def _defaults_customised(store) -> bool:
+    """presets/defaults.json sets something (read as plain JSON: no validation, no engine import)."""
+    import json
+
+    from pipelines.params.presets import DEFAULTS_FILE
+
+    path = store.folder / DEFAULTS_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):
+        return True   # let the store report what is wrong with it
+    return not isinstance(data, dict) or any(data.get(k) for k in ("params", "checkpoint", "vae", "loras"))
+
+
+def no_model_message(services: Services) -> str:
+    dirs = services.paths.dirs("checkpoints")
+    return (f"no checkpoint found. Put a .safetensors checkpoint (or a diffusers folder) in {dirs[0]}, "
+            f"or start with --models-dir pointing at an existing AUTOMATIC1111 models folder "
+            f"(or --ckpt-dir at a folder of checkpoints), then press ⟳")
+
+
+def no_model_markdown(services: Services, download: bool) -> str:
+    dirs = services.paths.dirs("checkpoints")
+    where = "\n".join(f"- `{d}`" for d in dirs)
+    text = (f"### No checkpoint found\nPut a Stable Diffusion checkpoint (`.safetensors`, `.ckpt`, or a diffusers "
+            f"folder) in one of these folders, then press ⟳ next to the checkpoint list:\n{where}\n\n"
+            f"Already have AUTOMATIC1111? Start with `--models-dir /path/to/stable-diffusion-webui/models` to use "
+            f"its models folder as is (or `--ckpt-dir` for a folder of checkpoints).")
+    if download:
+        text += "\n\nOr download the default model (Stable Diffusion 1.5, about 4 GB, sha256 checked):"
+    return text
+
+
+class TopBar:
+    """Checkpoint + refresh, VAE, and a status line that follows loading progress."""
+
+    def __init__(self, ctx: UIContext):
+        self.ctx = ctx
+        self._progress = ("", 1.0)
+        ctx.services.manager.add_listener(self._on_progress)
+        self._download_lock = threading.Lock()
+        self._load_jobs: list = []          # checkpoint loads started from the UI, while they run
+        self._failure: str | None = None    # why the last load from the UI failed
+
+    def _on_progress(self, stage: str, fraction: float) -> None:
+        self._progress = (stage, fraction)
+
+    def _busy(self) -> bool:
+        self._load_jobs = [j for j in self._load_jobs if not j.done.is_set()]
+        return self.ctx.loading() or bool(self._load_jobs)
+
+    def status_html(self) -> str:
+        """Loading: the manager's stage with a progress bar; else what is active, or why nothing is."""
+        m = self.ctx.services.manager
+        if self._busy():
+            stage, frac = self._progress
+            text = m.status or "loading"
+            return f"<div class='model-status'>{progress_html(text, frac if frac < 1 else None, state='running')}</div>"
+        startup = self.ctx.startup_job
+        if self._failure:
+            text = self._failure
+        elif m.active is None and startup is not None and startup.error is not None:
+            text = f"Loading the checkpoint failed: {startup.error}"
+        elif m.active is not None:
+            text = m.status if m.status.startswith(m.active.info.title) else f"{m.active.info.title} ready"
+        else:
+            text = "no model loaded"
+        return f"<div class='model-status'>{html.escape(text)}</div>"
+
+    def build(self) -> None:
+        ctx = self.ctx
+        titles = ctx.checkpoint_titles()
+        with gr.Row(elem_id="topbar"):
+            ctx.checkpoint = make_widget("sd_model_checkpoint", choices=titles, value=ctx.current_checkpoint(),
+                                         elem_id="sd_checkpoint", scale=4, allow_custom_value=False)
+            self.refresh = gr.Button("⟳", elem_id="refresh_checkpoints", scale=0, min_width=42,
+                                     elem_classes="tool")
+            ctx.vae = make_widget("sd_vae", choices=ctx.vae_choices(), value="Automatic", elem_id="sd_vae", scale=2)
+            self.status = gr.HTML(self.status_html(), elem_id="model_status", scale=3, padding=False)
+        download = not ctx.args.no_download
+        with gr.Group(visible=not titles, elem_classes="no-model", elem_id="no_model_box") as self.no_model:
+            self.help = gr.Markdown(no_model_markdown(ctx.services, download))
+            self.download = gr.Button("Download default model", elem_id="download_default_model",
+                                      visible=download, variant="primary", size="sm")
+            self.download_status = gr.HTML("", elem_id="download_status")
+
+    def events(self, demo) -> None:
+        ctx = self.ctx
+        ctx.checkpoint.change(self.load_checkpoint, inputs=ctx.checkpoint, outputs=[self.status, ctx.checkpoint],
+                              show_progress="hidden", api_name="load_checkpoint", concurrency_limit=None)
+        ctx.vae.change(self.set_vae, inputs=ctx.vae, outputs=self.status, show_progress="hidden",
+                       api_visibility="private", concurrency_limit=None)
+        self.refresh.click(self.refresh_models, outputs=[ctx.checkpoint, ctx.vae, self.no_model], queue=False,
+                           show_progress="hidden", api_name="refresh_checkpoints")
+        self.download.click(self.download_default, outputs=[self.download_status, ctx.checkpoint, self.no_model],
+                            show_progress="hidden", api_visibility="private", concurrency_limit=None)
+        demo.load(self.follow_startup, outputs=[self.status, ctx.checkpoint], show_progress="hidden",
+                  api_visibility="private", concurrency_limit=None)
+
+    # ------------------------------------------------------------------ handlers
+    def follow_startup(self):
+        """On page load: follow the initial checkpoint load, then settle the dropdown on what is active."""
+        ctx = self.ctx
+        while ctx.loading():
+            yield self.status_html(), gr.update()
+            if ctx.startup_job is not None:
+                ctx.startup_job.done.wait(POLL_SECONDS)
+            else:
+                time.sleep(POLL_SECONDS)
+        job = ctx.startup_job
+        if job is not None and job.error is not None and not getattr(job, "error_shown", False):
+            gr.Warning(f"Loading the checkpoint failed: {job.error}")
+        current = ctx.current_checkpoint()
+        yield self.status_html(), gr.update(choices=ctx.checkpoint_titles(), value=current)
+
+    def load_checkpoint(self, title: str | None):
+        ctx, services = self.ctx, self.ctx.services
+        if not title:
+            yield self.status_html(), gr.update()
+            return
+        active = services.manager.active
+        if active is not None and active.info.title == title:
+            yield self.status_html(), gr.update()
+            return
+        if ctx.loading() and ctx.current_checkpoint() == title:
+            return  # the startup load is bringing this one in
+        job = services.submit(lambda: services.manager.load(title), label=f"load {title}")
+        self._load_jobs.append(job)
+        while not job.done.wait(POLL_SECONDS):
+            pos = services.queue.position(job)
+            if pos > 0:
+                yield progress_html(f"Loading {title} after {pos} queued job(s)", state="queued"), gr.update()
+            else:
+                yield self.status_html(), gr.update()
+        if job.error is not None:
+            keep = services.manager.active.info.title if services.manager.active else None
+            self._failure = f"Could not load {title}: {job.error}" + (f"; {keep} stays active" if keep else "")
+            gr.Warning(self._failure)
+            yield self.status_html(), gr.update(value=keep)
+            return
+        self._failure = None
+        loaded = services.manager.active
+        new_title = loaded.info.title if loaded else title
+        update = gr.update(choices=ctx.checkpoint_titles(), value=new_title) if new_title != title else gr.update()
+        yield self.status_html(), update
+
+    def set_vae(self, name: str):
+        services = self.ctx.services
+        if services.manager.active is None:
+            return self.status_html()  # applied with the next generation
+        job = services.submit(lambda: services.manager.set_vae(name), label=f"VAE {name}")
+        try:
+            job.wait()
+        except Exception as err:
+            raise user_error(err) from err
+        return self.status_html()
+
+    def refresh_models(self):
+        ctx = self.ctx
+        ctx.services.registry.refresh()
+        titles = ctx.checkpoint_titles()
+        current = ctx.current_checkpoint()
+        return (gr.update(choices=titles, value=current if current in titles else None),
+                gr.update(choices=ctx.vae_choices()), gr.update(visible=not titles))
+
+    def download_default(self):
+        """Download the SD 1.5 checkpoint with a progress bar, then list and load it."""
+        from pipelines.core.download import download_default_model, format_progress
+
+        ctx, services = self.ctx, self.ctx.services
+        if not self._download_lock.acquire(blocking=False):
+            raise gr.Error("A download is already running")
+        try:
+            state: dict[str, Any] = {"done": 0, "total": None, "path": None, "error": None}
+            folder = services.paths.dirs("checkpoints")[0]
+
+            def work():
+                try:
+                    state["path"] = download_default_model(folder, progress=lambda d, t: state.update(done=d, total=t))
+                except Exception as err:  # shown below
+                    state["error"] = err
+
+            thread = threading.Thread(target=work, name="download-default-model", daemon=True)
+            thread.start()
+            while thread.is_alive():
+                total = state["total"]
+                yield (progress_html(f"Downloading: {format_progress(state['done'], total)}",
+                                     state["done"] / total if total else None, state="running"),
+                       gr.update(), gr.update())
+                thread.join(0.5)
+            if state["error"] is not None:
+                err = state["error"]
+                message = f"{err} into {folder}" if str(err).endswith("by hand") else str(err)
+                yield progress_html(f"Download failed: {message}", state="failed"), gr.update(), gr.update()
+                raise user_error(type(err)(message) if isinstance(err, UserError) else err)
+            services.registry.refresh()
+            title = ctx.find_checkpoint(state["path"].name)
+            yield (progress_html(f"Downloaded to {state['path']}", state="done"),
+                   gr.update(choices=ctx.checkpoint_titles(), value=title), gr.update(visible=False))
+        finally:
+            self._download_lock.release()
+
+
+def build_ui(services: Services, access: AccessControl, *, startup_job=None,
+             startup_title: str | None = None) -> gr.Blocks:
+    """The whole UI. `startup_job` is the initial checkpoint load (the status line follows it); when the
+    load is submitted after the UI is up, pass `startup_title` now and set `demo.ui_context.startup_job`."""
+    from .img2img import Img2ImgTab
+    from .interrogate import InterrogateTab, interrogate_available
+    from .pnginfo import PngInfoTab
+    from .txt2img import Txt2ImgTab
+
+    ctx = UIContext(services, access, startup_job=startup_job,
+                    startup_title=startup_title or getattr(startup_job, "target_title", None))
+    with gr.Blocks(title="Stable Diffusion", analytics_enabled=False) as demo:
+        topbar = TopBar(ctx)
+        topbar.build()
+        with gr.Tabs(elem_id="tabs") as ctx.tabs:
+            tabs: dict[str, Any] = {"txt2img": Txt2ImgTab(ctx), "img2img": Img2ImgTab(ctx), "pnginfo": PngInfoTab(ctx)}
+            if interrogate_available():
+                tabs["interrogate"] = InterrogateTab(ctx)
+            for tab in tabs.values():
+                tab.build()
+            ctx.tab_objects = {**tabs, "topbar": topbar}
+            # extensions' tabs (add_tab), then the Extensions tab (status, enable/disable, install)
+            from ..extensions.loader import ExtensionsTab, build_extension_tabs
+
+            ctx.tab_objects["extension_tabs"] = build_extension_tabs(ctx)
+            ctx.tab_objects["extensions"] = ExtensionsTab(ctx)
+            ctx.tab_objects["extensions"].build()
+        for tab in tabs.values():
+            tab.wire()
+        topbar.events(demo)
+        if ctx.preset_dropdowns:
+            from .presets import preset_lists
+
+            demo.load(ctx.when_ready(lambda: preset_lists(ctx)), outputs=ctx.preset_dropdowns, show_progress="hidden",
+                      api_visibility="private", concurrency_limit=None)
+    demo.ui_context = ctx  # for tests and extensions
+    return demo
