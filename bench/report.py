@@ -30,6 +30,9 @@ HEADLINES: dict[str, list[tuple[str, str, str]]] = {
               ("fraction_of_peak_bf16", "bf16 UNet step, fraction of matmul peak (target >= 0.5)", "{}"),
               ("unet_step_s_bf16_compiled", "UNet CFG step bf16 with --compile (frozen Inductor)", "{} s"),
               ("fraction_of_peak_bf16_compiled", "bf16 UNet step with --compile, fraction of matmul peak", "{}")],
+    "speed-gpu": [(f"unet_step_s_{p}", f"UNet CFG step {p} on the GPU", "{} s") for p in ("fp16", "bf16")]
+                 + [(f"fraction_of_peak_{p}", f"{p} UNet step on the GPU, fraction of matmul peak", "{}")
+                    for p in ("fp16", "bf16")],
     "interrogate": [("fast_s", "interrogate fast mode", "{} s"), ("best_s", "interrogate best mode", "{} s")],
     "controlnet": [("controlnet_enable_cold_s", "ControlNet enable, SD1.5 size, from disk", "{} s"),
                    ("controlnet_swap_from_disk_s", "ControlNet swap, from disk", "{} s"),
