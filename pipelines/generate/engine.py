@@ -393,6 +393,8 @@ class Engine:
             kwargs.update(cn.call_kwargs(pipe, width, height, req.cfg_scale))
         if "eta" in accepted:
             kwargs["eta"] = req.eta
+        if "guidance_rescale" in accepted:
+            kwargs["guidance_rescale"] = req.guidance_rescale
         if "height" in accepted:  # img2img pipelines take the size from the image
             kwargs.update(height=height, width=width)
         latents = pipe(num_inference_steps=steps, guidance_scale=req.cfg_scale, generator=gens, output_type="latent",

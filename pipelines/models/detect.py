@@ -7,7 +7,6 @@ reading it, nor the small test models; these rules use the structure of the key 
 from __future__ import annotations
 
 import json
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,44 +16,49 @@ from ..core.errors import ModelLoadError
 SD1, SD2, SDXL, SDXL_REFINER = "sd1", "sd2", "sdxl", "sdxl_refiner"
 FAMILY_LABELS = {SD1: "SD 1.x", SD2: "SD 2.x", SDXL: "SDXL", SDXL_REFINER: "SDXL refiner"}
 
-_MAX_HEADER = 100 * 1024 * 1024
-
 
 @dataclass(frozen=True)
 class Architecture:
     family: str
     inpaint: bool = False
-    prediction_type: str = "epsilon"      # "v_prediction" for SD2 768-v models
+    prediction_type: str = "epsilon"      # "v_prediction" for SD2 768-v models and v-pred SDXL
+    zero_snr: bool = False                # trained on a zero-terminal-SNR schedule (NoobAI-XL v-pred)
 
     @property
     def label(self) -> str:
         extra = " inpainting" if self.inpaint else ""
         v = " (v-prediction)" if self.prediction_type == "v_prediction" else ""
-        return f"{FAMILY_LABELS[self.family]}{extra}{v}"
+        z = " zero terminal SNR" if self.zero_snr else ""
+        return f"{FAMILY_LABELS[self.family]}{extra}{v}{z}"
 
 
 def read_safetensors_header(path: str | Path) -> dict[str, dict]:
-    """The JSON header of a .safetensors file: {key: {dtype, shape, data_offsets}} (+ __metadata__)."""
+    """The header of a .safetensors file: {key: {dtype, shape}} (+ "__metadata__": {str: str}).
+
+    Read with the safetensors library (`safe_open`: keys, shapes, dtypes, metadata; no tensor data).
+    It also checks that the data section covers every tensor, so a truncated download fails here."""
+    from safetensors import safe_open
+
     path = Path(path)
     try:
-        with open(path, "rb") as f:
-            raw = f.read(8)
-            if len(raw) < 8:
-                raise ModelLoadError(f"{path.name}: file is empty or truncated (no safetensors header)")
-            (n,) = struct.unpack("<Q", raw)
-            if n <= 0 or n > _MAX_HEADER:
-                raise ModelLoadError(f"{path.name}: not a safetensors file (header size {n})")
-            header = json.loads(f.read(n))
-            f.seek(0, 2)
-            size = f.tell()
-    except (OSError, ValueError, UnicodeDecodeError) as err:
+        with safe_open(str(path), framework="pt") as f:
+            header: dict[str, dict] = {}
+            for key in f.keys():
+                view = f.get_slice(key)
+                header[key] = {"dtype": view.get_dtype(), "shape": list(view.get_shape())}
+            metadata = f.metadata()
+    except OSError as err:
         raise ModelLoadError(f"{path.name}: cannot read the safetensors header ({err})") from None
-    if not isinstance(header, dict):
-        raise ModelLoadError(f"{path.name}: malformed safetensors header")
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    if 8 + n + end > size:
-        raise ModelLoadError(f"{path.name}: file is truncated ({size} bytes, header expects {8 + n + end}); "
-                             "download it again")
+    except Exception as err:  # safetensors' SafetensorError (not exported as a stable class)
+        text = str(err)
+        if "header too small" in text:
+            raise ModelLoadError(f"{path.name}: file is empty or truncated (no safetensors header)") from None
+        if "not fully covered" in text or "incomplete" in text:
+            raise ModelLoadError(f"{path.name}: file is truncated (the header names more data than the file "
+                                 "holds); download it again") from None
+        raise ModelLoadError(f"{path.name}: not a safetensors file or malformed header ({text})") from None
+    if metadata:
+        header["__metadata__"] = dict(metadata)
     return header
 
 
@@ -69,7 +73,7 @@ def detect_architecture(shapes: dict[str, list[int]], name: str = "checkpoint") 
     has_label_emb = "model.diffusion_model.label_emb.0.0.weight" in shapes
     if has_label_emb:
         if any(k.startswith("conditioner.embedders.1.") for k in shapes):
-            return Architecture(SDXL, inpaint)
+            return Architecture(SDXL, inpaint, *_sdxl_markers(shapes))
         if any(k.startswith("conditioner.embedders.0.model.") for k in shapes):
             return Architecture(SDXL_REFINER, inpaint)
         raise ModelLoadError(f"{name}: SDXL-style UNet without the matching text encoders; unsupported variant")
@@ -79,6 +83,14 @@ def detect_architecture(shapes: dict[str, list[int]], name: str = "checkpoint") 
         return Architecture(SD1, inpaint)
     raise ModelLoadError(f"{name}: UNet found but no known text encoder (SD1 CLIP, SD2 OpenCLIP or SDXL); "
                          "unsupported architecture")
+
+
+def _sdxl_markers(shapes: dict[str, list[int]]) -> tuple[str, bool]:
+    """v-prediction SDXL fine-tunes (NoobAI-XL v-pred and its merges) mark themselves with empty tensors
+    named `v_pred` and `ztsnr` (zero terminal SNR) at the top of the state dict, as ComfyUI and Forge read
+    them; without them an SDXL file is epsilon-prediction."""
+    prediction = "v_prediction" if "v_pred" in shapes else "epsilon"
+    return prediction, prediction == "v_prediction" and "ztsnr" in shapes
 
 
 def shapes_from_header(header: dict[str, dict]) -> dict[str, list[int]]:
@@ -93,9 +105,9 @@ def detect_diffusers_folder(folder: Path) -> Architecture:
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"{folder.name}: not a usable diffusers folder ({err})") from None
     sched_file = folder / "scheduler" / "scheduler_config.json"
-    pred = "epsilon"
-    if sched_file.exists():
-        pred = json.loads(sched_file.read_text()).get("prediction_type", "epsilon")
+    sched = json.loads(sched_file.read_text()) if sched_file.exists() else {}
+    pred = sched.get("prediction_type", "epsilon")
+    zero_snr = bool(sched.get("rescale_betas_zero_snr", False))
     inpaint = unet.get("in_channels") == 9
     if "text_encoder_2" in index:
         family = SDXL if index.get("text_encoder") and index["text_encoder"][0] else SDXL_REFINER
@@ -103,7 +115,7 @@ def detect_diffusers_folder(folder: Path) -> Architecture:
         family = SD2  # OpenCLIP text encoder (gelu); SD1's OpenAI CLIP uses quick_gelu
     else:
         family = SD1
-    return Architecture(family, inpaint, pred)
+    return Architecture(family, inpaint, pred, zero_snr)
 
 
 def _text_encoder_act(folder: Path) -> str | None:

@@ -7,6 +7,7 @@ first, so a wrong or broken file fails before any weights are read.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -122,9 +123,9 @@ def inspect_checkpoint(mf: ModelFile, default_prediction: str = "epsilon") -> Ar
         shapes = {k: list(v.shape) for k, v in read_ckpt_state_dict(mf.path).items() if hasattr(v, "shape")}
     arch = detect.detect_architecture(shapes, mf.name)
     pred = sidecar_prediction_type(mf.path)
-    if pred is None:
-        pred = default_prediction if arch.family == detect.SD2 else "epsilon"
-    return Architecture(arch.family, arch.inpaint, pred)
+    if pred is None:  # the file's own markers (v-pred SDXL), else the setting for SD2's ambiguous files
+        pred = default_prediction if arch.family == detect.SD2 else arch.prediction_type
+    return dataclasses.replace(arch, prediction_type=pred)
 
 
 def _derived_config_dir(config_root: Path, arch: Architecture, tmp: Path) -> Path:
@@ -144,6 +145,10 @@ def _derived_config_dir(config_root: Path, arch: Architecture, tmp: Path) -> Pat
     sched_cfg = dst / "scheduler" / "scheduler_config.json"
     cfg = json.loads(sched_cfg.read_text())
     cfg["prediction_type"] = arch.prediction_type
+    if arch.zero_snr:
+        # diffusers' rescale_betas_zero_snr (Lin et al. 2023, the schedule these models were trained on);
+        # the paper's trailing timestep spacing so the first step starts from pure noise.
+        cfg.update(rescale_betas_zero_snr=True, timestep_spacing="trailing")
     sched_cfg.write_text(json.dumps(cfg))
     return dst
 

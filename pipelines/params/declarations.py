@@ -172,6 +172,10 @@ PARAMS: tuple[Param, ...] = (
     Param("cfg_cutoff", float, 1.0, "CFG cut-off", "CFG cut-off", 0.0, 1.0, 0.05, group="sampling",
           doc="fraction of steps after which classifier-free guidance stops (1 = never); the remaining steps "
               "run the UNet once instead of twice"),
+    # The CFG Rescale extension's key (A1111 / Forge infotext), diffusers' guidance_rescale (Lin et al. 2023 §3.4):
+    # the guided prediction's std is pulled back toward the conditional one; for v-prediction / zero-SNR models.
+    Param("guidance_rescale", float, 0.0, "CFG Rescale phi", "CFG Rescale phi", 0.0, 1.0, 0.05, group="sampling",
+          doc="0 = off; 0.7 is the paper's value for zero-terminal-SNR v-prediction models (NoobAI-XL v-pred)"),
     Param("clip_skip", int, 1, "Clip skip", "Clip skip", 1, 12, 1, group="sampling", write_if=_clip_skip_written),
     Param("eta", float, 0.0, "Eta (DDIM / ancestral noise)", "Eta", 0.0, 1.0, 0.01, group="sampling"),
     Param("batch_size", int, 1, "Batch size", None, 1, 8, 1, group="batch"),
