@@ -59,6 +59,16 @@ def setup(ext):
     ext.add_param(Param(f"{PREFIX}include_images", bool, True, "Include sub images", None, widget="checkbox",
                         doc="return every cell's image after the grid (they are saved either way)"), section=SECTION)
 
+    @ext.before_generation
+    def drop_values_of_unused_axes(req):
+        """An axis set back to Nothing keeps its values box filled in the UI; those values are not in
+        effect, so they must not reach the image's infotext ("X Values" on every later image)."""
+        stale = [f"{PREFIX}{a}_values" for a in "xyz"
+                 if req.extra.get(f"{PREFIX}{a}_type", NOTHING) == NOTHING and req.extra.get(f"{PREFIX}{a}_values")]
+        if not stale:
+            return None
+        return req.replace(extra={**req.extra, **{name: "" for name in stale}})
+
     @ext.run_generation
     def plot(call):
         req = call.request

@@ -409,7 +409,9 @@ class Engine:
         if req.hr_upscaler.startswith("Latent") and not loaded.arch.inpaint:
             mode = {"Latent": "bilinear", "Latent (nearest)": "nearest", "Latent (nearest-exact)": "nearest-exact",
                     "Latent (bicubic)": "bicubic"}[req.hr_upscaler]
-            image = torch.nn.functional.interpolate(latents.float(), size=(h // 8, w // 8), mode=mode).to(latents.dtype)
+            factor = pipe.vae_scale_factor
+            image = torch.nn.functional.interpolate(latents.float(), size=(h // factor, w // factor),
+                                                    mode=mode).to(latents.dtype)
         else:
             from PIL import Image
 

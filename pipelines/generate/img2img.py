@@ -101,8 +101,9 @@ def img2img(engine: Engine, req: GenerationRequest, images: Any, mask: Any = Non
 @torch.no_grad()
 def _encode(pipe, prepared: PreparedImage, width: int, height: int) -> torch.Tensor:
     latents = _encode_images(pipe, [prepared.init]).float()
-    if prepared.latent_upscale and latents.shape[-2:] != (height // 8, width // 8):
-        latents = torch.nn.functional.interpolate(latents, size=(height // 8, width // 8), mode="bilinear")
+    size = (height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)   # 8 for SD; tiny test VAEs: 2
+    if prepared.latent_upscale and latents.shape[-2:] != size:
+        latents = torch.nn.functional.interpolate(latents, size=size, mode="bilinear")
     return latents.cpu()
 
 
@@ -111,7 +112,8 @@ def _mask_inputs(pipe, prepared: PreparedImage, width: int, height: int, nine_ch
     """(latent mask 1x1xhxw: 1 = repaint, masked-image latents or None) as diffusers' inpaint pipeline
     computes them (mask binarized at 0.5, nearest-downscaled; init pixels zeroed under the mask)."""
     mask = pipe.mask_processor.preprocess(prepared.mask, height=height, width=width)
-    latent_mask = torch.nn.functional.interpolate(mask, size=(height // 8, width // 8))
+    factor = pipe.vae_scale_factor   # 8 for SD; tiny test VAEs: 2
+    latent_mask = torch.nn.functional.interpolate(mask, size=(height // factor, width // factor))
     if not nine_channel:
         return latent_mask, None
     pixels = pipe.image_processor.preprocess(prepared.init, height=height, width=width)

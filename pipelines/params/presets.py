@@ -395,10 +395,9 @@ class PresetStore:
             wanted[lora] = lo.weight
             if self.networks is not None and self.networks.find_lora(lora) is None:
                 source = lo.sources.get(family or "", lo.sources.get("*"))
-                folder = self.networks.paths.dirs("lora")[0]
-                hint = f" (download it from {source})" if source else ""
-                warnings.append(f"{preset.name}: LoRA file '{lora}' is not in {folder}: save it there as "
-                                f"{lora}.safetensors{hint}")
+                folders = " or ".join(str(d) for d in self.networks.paths.dirs("lora"))
+                hint = f" (from {source})" if source else ""
+                warnings.append(f"{preset.name}: LoRA '{lora}' not found; put {lora}.safetensors in {folders}{hint}")
         from ..prompts.networks import set_lora_tags
 
         values["prompt"] = set_lora_tags(values.get("prompt", ""), wanted, self.managed_loras())

@@ -4,6 +4,8 @@ from __future__ import annotations
 import html
 import logging
 import math
+import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -80,6 +82,38 @@ def errors_to_ui() -> Iterator[None]:
         raise
     except Exception as err:
         raise user_error(err) from err
+
+
+# ---------------------------------------------------------------------------------------- toasts
+
+TOAST_SECONDS = 6          # Gradio's default (10 s) kept a toast over the page long after it was read
+_TOAST_REPEAT_SECONDS = 8  # the same message again within this time is not shown twice
+_recent_toasts: dict[str, float] = {}
+_toast_lock = threading.Lock()
+
+
+def _fresh(message: str) -> bool:
+    now = time.monotonic()
+    with _toast_lock:
+        for old in [m for m, t in _recent_toasts.items() if now - t > _TOAST_REPEAT_SECONDS]:
+            del _recent_toasts[old]
+        if message in _recent_toasts:
+            return False
+        _recent_toasts[message] = now
+        return True
+
+
+def toast_warnings(messages, kind: str = "warning") -> list[str]:
+    """Show each message once as a short toast (a repeat of one shown in the last few seconds, e.g. the
+    same missing LoRA named by the preset and again by the job, is dropped); returns those shown."""
+    import gradio as gr
+
+    shown = []
+    for message in dict.fromkeys(m for m in messages if m):
+        if _fresh(message):
+            (gr.Info if kind == "info" else gr.Warning)(message, duration=TOAST_SECONDS)
+            shown.append(message)
+    return shown
 
 
 # ---------------------------------------------------------------------------------------- progress

@@ -15,13 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
-from pipelines.core.errors import Interrupted, UserError
+from pipelines.core.errors import Interrupted
 from pipelines.params.declarations import BY_NAME, make_request
 
 from .common import (
-    EMPTY_COUNTER, PasteTarget, errors_to_ui, format_seconds, progress_html, token_counter_html, user_error,
+    EMPTY_COUNTER, PasteTarget, errors_to_ui, format_seconds, progress_html, toast_warnings, token_counter_html,
+    user_error,
 )
-from .widgets import coerce, make_widget, params_for
+from .widgets import coerce, make_widget, params_for, schedule_choices
 
 if TYPE_CHECKING:
     from .blocks import UIContext
@@ -106,6 +107,7 @@ class GenerationTab:
                 self._w("styles", choices=self.ctx.style_names(), scale=3)
             self.presets = PresetControls(self)
             self.presets.build_dropdown(scale=2)
+        self.presets.build_description()
 
     def build_sampling(self) -> None:
         with gr.Row():
@@ -258,11 +260,8 @@ class GenerationTab:
 
     @staticmethod
     def _schedules(sampler: str, schedule: str):
-        from pipelines.generate.samplers import schedules_for
-
-        try:
-            names = schedules_for(sampler)
-        except UserError:
+        names = schedule_choices(sampler)
+        if names is None:
             return gr.update()
         return gr.update(choices=names, value=schedule if schedule in names else "Automatic")
 
@@ -404,6 +403,5 @@ class GenerationTab:
 def notices_text(notices) -> str:
     """What the user should know about a finished job (also shown as a toast each)."""
     notices = list(dict.fromkeys(notices or []))
-    for n in notices:
-        gr.Warning(n)
+    toast_warnings(notices)
     return "".join(f"\nNote: {n}" for n in notices)

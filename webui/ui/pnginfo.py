@@ -12,6 +12,7 @@ from pipelines.params.infotext import parse_infotext
 from pipelines.params.declarations import request_values_from_infotext
 
 from .common import PasteTarget, errors_to_ui
+from .widgets import field_updates
 
 if TYPE_CHECKING:
     from .blocks import UIContext
@@ -117,7 +118,7 @@ def _field_updates(ctx: "UIContext", target: PasteTarget, text: str):
     if unknown:
         shown = ", ".join(f"{k}: {v}" for k, v in list(unknown.items())[:8])
         gr.Info(f"Not applied (not supported here): {shown}")
-    return ckpt_update, [gr.update(value=values[name]) if name in values else gr.update() for name in target.fields]
+    return ckpt_update, field_updates(target.fields, values)
 
 
 class PngInfoTab:

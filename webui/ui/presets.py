@@ -18,13 +18,19 @@ import gradio as gr
 
 from pipelines.core.errors import UserError
 
-from .common import errors_to_ui
-from .widgets import coerce
+from pipelines.params.declarations import BY_NAME
+
+from .common import errors_to_ui, toast_warnings
+from .widgets import coerce, field_updates
 
 if TYPE_CHECKING:
     from .generation import GenerationTab
 
 log = logging.getLogger(__name__)
+
+# Parameter groups (pipelines/params/declarations.py) a preset leaves alone unless it names them: what the
+# image is of and how many, not how it is sampled.
+KEPT_GROUPS = ("prompt", "seed", "size", "batch", "inpaint")
 
 
 # ============================================================================================ presets
@@ -60,6 +66,9 @@ class PresetControls:
                                     allow_custom_value=False, **kw)
         self.ctx.preset_dropdowns.append(self.dropdown)
 
+    def build_description(self) -> None:
+        self.description_text = gr.Markdown("", elem_id=f"{self.tab.MODE}_preset_about", elem_classes="preset-about")
+
     def build_manager(self) -> None:
         m = self.tab.MODE
         with gr.Accordion("Presets", open=False, elem_id=f"{m}_presets", visible=self.store is not None):
@@ -82,6 +91,7 @@ class PresetControls:
         outputs = [ctx.checkpoint, ctx.vae, *fields]
         quiet = dict(show_progress="hidden", api_visibility="private")
         self.dropdown.input(self.apply, inputs=[self.dropdown, ctx.checkpoint, *fields], outputs=outputs, **quiet)
+        self.dropdown.change(self.describe, inputs=self.dropdown, outputs=self.description_text, queue=False, **quiet)
         self.reset.click(lambda ckpt, *vals: self.apply("Defaults", ckpt, *vals), inputs=[ctx.checkpoint, *fields],
                          outputs=outputs, **quiet)
         everyone = list(ctx.preset_dropdowns)
@@ -94,15 +104,24 @@ class PresetControls:
         return {name: coerce(name, v) for name, v in zip(self.tab.fields, vals)}
 
     def apply(self, name: str | None, checkpoint: str | None, *vals):
-        """Updates for (checkpoint, VAE, *fields) after applying preset `name` to the current values."""
+        """Updates for (checkpoint, VAE, *fields) after applying preset `name`.
+
+        Every field the preset names is set; every other "how" field (sampling, hires fix, VAE type, ...)
+        goes back to the UI's default (presets/defaults.json over the declarations), so nothing of an
+        earlier preset lingers (Fast's VAE type Tiny, its LCM schedule types). The "what" fields stay as
+        the user left them: prompts, styles, seeds, size, batch and the inpaint settings (`KEPT_GROUPS`).
+        """
         store = self.store
         none = (gr.update(), gr.update(), *[gr.update() for _ in self.tab.fields])
         if not name or store is None:
             return none
+        current = self._values(vals)
         with errors_to_ui():
-            values, warnings = store.apply(name, self._values(vals), family=self.family())
-        for w in warnings:
-            gr.Warning(w)
+            defaults, _ = store.defaults()      # its warnings were shown when the UI started
+            base = {k: v for k, v in defaults.items() if k in BY_NAME and BY_NAME[k].group != "model"}
+            base.update({k: v for k, v in current.items() if k in BY_NAME and BY_NAME[k].group in KEPT_GROUPS})
+            values, warnings = store.apply(name, base, family=self.family())
+        toast_warnings(warnings)
         ckpt_update = vae_update = gr.update()
         wanted = values.get("sd_model_checkpoint")
         if wanted:
@@ -110,15 +129,21 @@ class PresetControls:
             if found:
                 ckpt_update = gr.update(value=found) if found != checkpoint else gr.update()
             else:
-                gr.Warning(f"{name}: checkpoint {wanted!r} is not among your models; the current one is kept")
+                toast_warnings([f"{name}: checkpoint {wanted!r} is not among your models; the current one is kept"])
         if values.get("sd_vae"):
             vae_update = gr.update(value=values["sd_vae"])
-        updates = []
-        for field_name in self.tab.fields:
-            v = values.get(field_name)
-            updates.append(gr.update(value=list(v) if isinstance(v, tuple) else v) if field_name in values
-                           else gr.update())
-        return (ckpt_update, vae_update, *updates)
+        return (ckpt_update, vae_update, *field_updates(self.tab.fields, values))
+
+    def describe(self, name: str | None) -> str:
+        """The chosen preset's description, shown under the picker."""
+        store = self.store
+        if not name or store is None:
+            return ""
+        try:
+            preset = store.get(name)
+        except UserError:
+            return ""
+        return f"*{preset.description}*" if preset.description else ""
 
     def family(self) -> str | None:
         """The active checkpoint's architecture family (picks a preset's LoRA files)."""

@@ -87,3 +87,37 @@ def coerce(param: Param | str, value: Any) -> Any:
     if p.type is tuple and isinstance(value, list):
         return tuple(value)
     return value
+
+
+def schedule_choices(sampler: str | None) -> list[str] | None:
+    """The schedule types `sampler` supports (its dropdown's choices), or None for an unknown sampler."""
+    from pipelines.core.errors import UserError
+    from pipelines.generate.samplers import schedules_for
+
+    try:
+        return schedules_for(sampler or "")
+    except UserError:
+        return None
+
+
+def field_updates(field_names, values: dict[str, Any]) -> list:
+    """gr.update()s setting every field of `field_names` that `values` holds (the others untouched). The
+    schedule type's choices follow the sampler in `values`: a value set without its choices would leave the
+    dropdown holding a value it does not offer, which Gradio refuses at the next Generate."""
+    import gradio as gr
+
+    updates = []
+    for name in field_names:
+        if name not in values:
+            updates.append(gr.update())
+            continue
+        v = values[name]
+        kw: dict[str, Any] = {"value": list(v) if isinstance(v, tuple) else v}
+        if name == "scheduler" and values.get("sampler_name"):
+            choices = schedule_choices(values["sampler_name"])
+            if choices:
+                kw["choices"] = choices
+                if v not in choices:
+                    kw["value"] = "Automatic"
+        updates.append(gr.update(**kw))
+    return updates

@@ -1,0 +1,170 @@
+"""The UI as an AUTOMATIC1111 user expects it, through the Gradio handlers in process (fast; the browser test
+in test_browser_ui.py covers what needs a page): presets in any order then Generate, nothing stale in the
+infotext, inpainting with a VAE scale factor of 2, pasting an infotext from the prompt box, Interrupt keeping
+the partial image, the styles editor."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+gr = pytest.importorskip("gradio")
+
+from conftest import drain  # noqa: E402
+
+FAST = "Fast — LCM 4 steps"
+
+
+@pytest.fixture(scope="module")
+def ui(tmp_path_factory):
+    from pipelines.params.presets import PRESETS_DIR, PresetStore
+    from tests.helpers.app import make_tiny_data_dir, tiny_app_args
+    from webui.app.auth import AccessControl
+    from webui.app.cli import parse_args
+    from webui.app.services import create_services
+    from webui.ui.blocks import build_ui
+
+    data = make_tiny_data_dir(tmp_path_factory.mktemp("ui-behaviour"))
+    presets = data / "presets"
+    shutil.copytree(PRESETS_DIR, presets)
+    services = create_services(parse_args(tiny_app_args(data, "--no-hashing", "--controlnet-units", "0")))
+    services.presets = PresetStore(presets, networks=services.engine.networks)
+    services.manager.load("tiny-sd1")
+    demo = build_ui(services, AccessControl())
+    ctx = demo.ui_context
+    ctx.data = data
+    yield ctx
+    services.close()
+
+
+class Page:
+    """What the browser holds for one tab: each field's value and each dropdown's choices, changed only by
+    the updates the handlers return (as Gradio applies them)."""
+
+    def __init__(self, tab):
+        self.tab = tab
+        self.values = {name: comp.value for name, comp in tab.generation_inputs().items()}
+        self.choices = {name: [c[1] if isinstance(c, tuple) else c for c in comp.choices]
+                        for name, comp in tab.fields.items() if getattr(comp, "choices", None)}
+
+    def field_values(self) -> list:
+        return [self.values[name] for name in self.tab.fields]
+
+    def take(self, names, updates) -> None:
+        for name, update in zip(names, updates):
+            if not isinstance(update, dict):
+                self.values[name] = update
+                continue
+            if "choices" in update:
+                self.choices[name] = [c[1] if isinstance(c, (tuple, list)) else c for c in update["choices"]]
+            if "value" in update:
+                self.values[name] = update["value"]
+
+    def check_choices(self) -> None:
+        """Gradio refuses a dropdown value that is not among its choices (the error of issue 16)."""
+        for name, choices in self.choices.items():
+            value = self.values[name]
+            for v in value if isinstance(value, list) else [value]:
+                assert v is None or v in choices, f"{name}: {v!r} is not in {choices}"
+
+    def apply_preset(self, name: str) -> None:
+        ckpt, vae, *updates = self.tab.presets.apply(name, self.values["checkpoint"], *self.field_values())
+        self.take(self.tab.fields, updates)
+        self.check_choices()
+
+
+def generate(ui, tab, page: Page):
+    page.check_choices()
+    out = drain(tab.run(request=None, **page.values))
+    final = out[-1]
+    return final[tab.infotext], final[tab.result_state]
+
+
+def test_presets_in_any_order_reset_what_they_do_not_name_and_generate(ui):
+    tab = ui.tab_objects["txt2img"]
+    page = Page(tab)
+    page.values.update(prompt="a lighthouse", width=64, height=64, seed=5, checkpoint=ui.current_checkpoint())
+    page.apply_preset(FAST)
+    assert (page.values["sampler_name"], page.values["vae_type"], page.values["steps"]) == ("LCM", "Tiny", 4)
+    assert page.choices["scheduler"] == ["Automatic", "SGM Uniform"]          # the LCM sampler's schedule types
+    assert "<lora:lcm-lora-sdv1-5:1>" in page.values["prompt"]
+    seen = []
+    for name in ("Balanced", "Quality", FAST, "Balanced"):
+        page.apply_preset(name)
+        seen.append((page.values["sampler_name"], page.values["scheduler"], page.values["vae_type"],
+                     page.values["enable_hr"]))
+        assert page.values["prompt"].startswith("a lighthouse") and page.values["width"] == 64   # kept
+        if name == "Balanced":
+            text, _ = generate(ui, tab, page)
+            assert "Schedule type: Karras" in text and "VAE type" not in text and "Hires" not in text
+            assert "lcm-lora" not in text
+    assert seen == [("DPM++ 2M", "Karras", "Full", False), ("DPM++ 2M", "Karras", "Full", True),
+                    ("LCM", "Automatic", "Tiny", False), ("DPM++ 2M", "Karras", "Full", False)]
+    assert "Karras" in page.choices["scheduler"]
+    # fields no preset names go back to the default too (a cfg cut-off left from an earlier job)
+    page.values["cfg_cutoff"] = 0.5
+    page.apply_preset("Balanced")
+    assert page.values["cfg_cutoff"] == 1.0
+
+
+def test_preset_description_is_shown(ui):
+    controls = ui.tab_objects["txt2img"].presets
+    assert "DPM++ 2M" in controls.describe("Balanced") and controls.describe(None) == ""
+
+
+def test_xyz_values_of_an_axis_back_to_nothing_do_not_reach_the_infotext(ui):
+    tab = ui.tab_objects["txt2img"]
+    assert "xyz_x_values" in tab.ext_fields
+    hooks = ui.services.engine.hooks
+    page = Page(tab)
+    page.values.update({"prompt": "a cat", "width": 64, "height": 64, "steps": 2, "sampler_name": "Euler",
+                        "checkpoint": ui.current_checkpoint(), "ext__xyz_x_type": "Nothing",
+                        "ext__xyz_x_values": "3,7"})
+    req = hooks.before_generation(tab.request_from(page.values))
+    assert "X Values" not in hooks.infotext(req)
+    req = hooks.before_generation(tab.request_from({**page.values, "ext__xyz_x_type": "Sampling steps"}))
+    assert hooks.infotext(req)["X Values"] == "3,7"                           # in effect: recorded
+
+
+def test_inpaint_upload_with_a_vae_scale_factor_of_2(ui, tmp_path):
+    """Tiny VAEs downsample by 2, SD's by 8: the mask's latent size must follow the pipeline's factor."""
+    import numpy as np
+    import torch
+    from diffusers import AutoencoderKL
+    from PIL import Image
+
+    from bench.synth.factory import _tiny_vae_config, tiny_pipeline, write_diffusers_folder
+
+    pipe = tiny_pipeline("sd1", seed=3)
+    cfg = _tiny_vae_config(0.18215)
+    cfg.update(block_out_channels=[32, 32], down_block_types=["DownEncoderBlock2D"] * 2,
+               up_block_types=["UpDecoderBlock2D"] * 2)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        pipe.register_modules(vae=AutoencoderKL(**cfg).eval())
+    folder = write_diffusers_folder(pipe, ui.data / "models" / "Stable-diffusion" / "tiny-vae2")
+    services = ui.services
+    services.registry.refresh()
+    title = ui.find_checkpoint(folder.name)
+    services.manager.load(title)
+    try:
+        assert services.manager.active.pipe.vae_scale_factor == 2
+        tab = ui.tab_objects["img2img"]
+        image, mask = tmp_path / "init.png", tmp_path / "mask.png"
+        rng = np.random.default_rng(0)
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(image)
+        m = Image.new("L", (64, 64), 0)
+        m.paste(255, (16, 16, 48, 48))
+        m.save(mask)
+        page = Page(tab)
+        page.values.update(prompt="a cat", width=64, height=64, steps=2, sampler_name="Euler", seed=1,
+                           checkpoint=title, mask_blur=0)
+        page.values.update(i2i_mode="inpaint_upload", inpaint_image=str(image), inpaint_mask=str(mask))
+        text, state = generate(ui, tab, page)
+        assert "Mask blur" not in text and "Denoising strength" in text and len(state["paths"]) == 1
+        out = np.asarray(Image.open(state["paths"][0]).convert("RGB")).astype(int)
+        src = np.asarray(Image.open(image).convert("RGB")).astype(int)
+        outside = np.asarray(m) == 0
+        assert np.abs(out[outside] - src[outside]).max() <= 1                 # unmasked pixels kept
+    finally:
+        services.manager.load("tiny-sd1")
