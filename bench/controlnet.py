@@ -55,7 +55,8 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from pipelines.controlnet.models import BALANCED, controlnet_pipeline, pipeline_kwargs, unit_controlnets
+    from pipelines.controlnet.pipeline import controlnet_pipeline, pipeline_kwargs, unit_controlnets
+    from pipelines.controlnet.units import BALANCED
     from pipelines.core.devices import make_policy
     from pipelines.models.manager import PipelineManager
     from pipelines.models.files import ModelPaths, ModelRegistry
@@ -141,7 +142,7 @@ def main(argv=None) -> None:
     if args.generate:
         from PIL import Image
 
-        from pipelines.controlnet.models import ControlNetUnit
+        from pipelines.controlnet.units import ControlNetUnit
         from pipelines.generate.engine import Engine
         from pipelines.params.declarations import make_request
 

@@ -10,7 +10,9 @@ import torch
 from PIL import Image
 
 from pipelines.models import loading
-from pipelines.controlnet.models import ControlNetUnit, choices, detect_controlnet
+from pipelines.controlnet.files import detect_controlnet
+from pipelines.controlnet.job import choices
+from pipelines.controlnet.units import ControlNetUnit
 from pipelines.core.errors import ModelLoadError, UserError
 from pipelines.generate.engine import Engine
 from pipelines.params.declarations import make_request
@@ -155,7 +157,7 @@ def test_two_units_swap_and_disable_never_reload_the_checkpoint(sd1, monkeypatch
 
 
 def test_unit_lists_are_checked_where_diffusers_would_truncate(sd1):
-    from pipelines.controlnet.models import controlnet_pipeline, pipeline_kwargs, unit_controlnets
+    from pipelines.controlnet.pipeline import controlnet_pipeline, pipeline_kwargs, unit_controlnets
 
     net = sd1.controlnets.get(sd1.controlnets.registry.find("tiny-cn-sd1"))
     nets = unit_controlnets([net, net], ["Balanced", "Balanced"])
@@ -241,7 +243,8 @@ def test_control_modes_as_sd_webui_controlnet():
     """Balanced: full residuals on both CFG halves; prompt more important: soft (0.1 → 1) scales on both;
     ControlNet more important: soft scales, conditional half only."""
     from bench.synth import tiny_controlnet
-    from pipelines.controlnet.models import CONTROL_MODES, unit_controlnets
+    from pipelines.controlnet.pipeline import unit_controlnets
+    from pipelines.controlnet.units import CONTROL_MODES
 
     net = tiny_controlnet("sd1", seed=5)
     torch.manual_seed(0)

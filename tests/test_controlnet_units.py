@@ -6,10 +6,9 @@ import pytest
 from PIL import Image
 
 from pipelines.controlnet import preprocessors as pp
-from pipelines.controlnet.models import (
-    ControlNetUnit, check_lists, parse_unit_infotext, pipeline_kwargs, unit_infotext, units_from_api,
-    units_from_infotext,
-)
+from pipelines.controlnet.infotext import parse_unit_infotext, unit_infotext, units_from_infotext
+from pipelines.controlnet.pipeline import check_lists, pipeline_kwargs
+from pipelines.controlnet.units import ControlNetUnit, units_from_api
 from pipelines.core.errors import ParameterError, UserError
 from pipelines.params.infotext import build_infotext, parse_infotext
 

@@ -209,7 +209,7 @@ def test_inpaint_params_round_trip_through_infotext_and_the_saved_file(engine):
 
 @pytest.mark.parametrize("with_mask", [False, True])
 def test_controlnet_steers_img2img_and_inpainting_from_the_init_image(engine, with_mask):
-    from pipelines.controlnet.models import ControlNetUnit
+    from pipelines.controlnet.units import ControlNetUnit
 
     _use(engine, "sd1")
     init = _image(64, 64, 9)

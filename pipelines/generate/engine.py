@@ -134,7 +134,7 @@ class Engine:
     # ------------------------------------------------------------------ public
     def txt2img(self, req: GenerationRequest, control: JobControl | None = None, *, save: bool = True,
                 controlnet: list | None = None, hooks: bool = True) -> GenerationResult:
-        """`controlnet`: ControlNetUnits (pipelines.controlnet.models); enabled ones steer the generation.
+        """`controlnet`: ControlNetUnits (pipelines.controlnet.units); enabled ones steer the generation.
         `hooks`: run extensions' before/after/run_generation hooks around it (pipelines.hooks)."""
         if hooks:
             return self.hooks.generation("txt2img", req, lambda r, c: self.txt2img(
@@ -198,7 +198,7 @@ class Engine:
         """The job's ControlNet part (maps, nets, notices) or None when no unit is enabled."""
         if not units:
             return None
-        from ..controlnet.models import prepare_job
+        from ..controlnet.job import prepare_job
 
         return prepare_job(self.manager, units, width, height, init_image=init_image, seed=req.seed)
 

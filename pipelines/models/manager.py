@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from . import detect, loading
-from ..controlnet.models import ControlNetCache
+from ..controlnet.cache import ControlNetCache
 from ..core.devices import DevicePolicy, forget_xformers_load_error, make_policy
 from ..core.errors import UserError
 from .loading import LoadedCheckpoint

@@ -152,7 +152,7 @@ def controlnet_units(state: "ApiState", script: Any, budget: list[int]):
 
     Unit images are decoded here (bounded like init images); model names are looked up among the
     discovered ControlNets (404 otherwise), never opened as paths."""
-    from pipelines.controlnet.models import units_from_api
+    from pipelines.controlnet.units import units_from_api
 
     args = script.get("args", []) if isinstance(script, dict) else script
     if args is None:

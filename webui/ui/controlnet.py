@@ -1,4 +1,4 @@
-"""ControlNet units on the txt2img and img2img tabs (`pipelines.controlnet.models`, `pipelines.controlnet.preprocessors`).
+"""ControlNet units on the txt2img and img2img tabs (`pipelines.controlnet`: units, job, preprocessors).
 
 Up to `--controlnet-units` units, each an accordion: enable, pixel perfect, control image (on img2img an
 empty image reuses the img2img input), preprocessor with its own sliders (declared once in
@@ -45,7 +45,7 @@ def controlnet_available(services) -> bool:
 
 
 def unit_defaults() -> dict[str, Any]:
-    from pipelines.controlnet.models import ControlNetUnit
+    from pipelines.controlnet.units import ControlNetUnit
 
     return {f.name: f.default for f in dataclasses.fields(ControlNetUnit) if f.default is not dataclasses.MISSING}
 
@@ -79,7 +79,7 @@ class ControlNetPanel:
 
     # ------------------------------------------------------------------ lists
     def model_choices(self) -> tuple[list[str], str]:
-        from pipelines.controlnet.models import choices
+        from pipelines.controlnet.job import choices
 
         try:
             titles, note = choices(self.services.manager)
@@ -90,7 +90,7 @@ class ControlNetPanel:
 
     # ------------------------------------------------------------------ layout
     def build(self) -> None:
-        from pipelines.controlnet.models import CONTROL_MODES
+        from pipelines.controlnet.units import CONTROL_MODES
         from pipelines.controlnet.preprocessors import RESIZE_MODES, get_preprocessor, preprocessor_names
 
         m = self.tab.MODE
@@ -185,7 +185,7 @@ class ControlNetPanel:
 
     def preview(self, values: dict[str, Any], width, height, init_image=None):
         """The preprocessor's output for one unit at the generation size, computed on the job queue."""
-        from pipelines.controlnet.models import preview_unit
+        from pipelines.controlnet.job import preview_unit
 
         with errors_to_ui():
             unit = self.make_unit(values, enabled=True)
@@ -211,7 +211,7 @@ class ControlNetPanel:
         """Updates for `paste_components()` from parsed infotext: each "ControlNet N" entry (sd-webui-controlnet's
         format) fills unit N and enables it; without any entry the units are left as they are. A model that is
         not among yours (or not for this checkpoint) is named in a warning and left at None."""
-        from pipelines.controlnet.models import units_from_infotext
+        from pipelines.controlnet.infotext import units_from_infotext
 
         keep = [gr.update() for _ in self.units for _name in self.PASTED]
         units = units_from_infotext(params) if any(k.startswith("ControlNet") for k in params) else []
@@ -256,7 +256,7 @@ class ControlNetPanel:
     # ------------------------------------------------------------------ units
     @staticmethod
     def make_unit(values: dict[str, Any], *, enabled: bool | None = None):
-        from pipelines.controlnet.models import ControlNetUnit
+        from pipelines.controlnet.units import ControlNetUnit
         from pipelines.controlnet.preprocessors import get_preprocessor
 
         kw = {name: values.get(name) for name in FIELDS if values.get(name) is not None}
