@@ -4,15 +4,15 @@
 * JPEG and WEBP: EXIF ``UserComment`` in the "unicode" form A1111 writes
   (``piexif.helper.UserComment.dump(text, encoding="unicode")``: ``UNICODE\\0`` + UTF-16-BE).
 
-Reading also understands what A1111 falls back to: a GIF/JPEG ``comment`` and NovelAI PNGs
-(``Software: NovelAI`` with a JSON ``Comment``).
+Reading also understands what A1111 falls back to (a GIF/JPEG ``comment``) and the metadata of other
+tools (ComfyUI, InvokeAI, NovelAI, Fooocus), converted to an infotext by :mod:`pipelines.images.foreign`.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Union
 
@@ -20,14 +20,16 @@ import piexif
 import piexif.helper
 from PIL import Image, PngImagePlugin
 
-from ..params.infotext import build_infotext
+from .foreign import read_foreign
 
 __all__ = [
     "FORMATS",
+    "ImageParameters",
     "PIL_FORMATS",
     "MAX_JPEG_SIDE",
     "MAX_WEBP_SIDE",
     "normalize_format",
+    "read_image_parameters",
     "read_infotext",
     "write_image",
 ]
@@ -42,24 +44,6 @@ MAX_WEBP_SIDE = 16383
 # A JPEG APP1 segment holds at most 65533 bytes of EXIF.
 _MAX_JPEG_EXIF = 65533
 _PNG_MODES = {"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"}
-
-# NovelAI sampler names -> A1111 sampler names (A1111 maps them through its sampler aliases).
-_NOVELAI_SAMPLERS = {
-    "k_euler_ancestral": "Euler a",
-    "k_euler": "Euler",
-    "k_lms": "LMS",
-    "k_heun": "Heun",
-    "k_dpm_2": "DPM2",
-    "k_dpm_2_ancestral": "DPM2 a",
-    "k_dpmpp_2s_ancestral": "DPM++ 2S a",
-    "k_dpmpp_2m": "DPM++ 2M",
-    "k_dpmpp_sde": "DPM++ SDE",
-    "k_dpm_fast": "DPM fast",
-    "k_dpm_adaptive": "DPM adaptive",
-    "ddim": "DDIM",
-    "plms": "PLMS",
-}
-
 
 def normalize_format(fmt: str) -> str:
     """Lower-case format name, with a leading dot removed; ``ValueError`` when unsupported."""
@@ -181,74 +165,111 @@ def _describe(value: Any) -> str:
     return str(value)
 
 
-def _novelai_infotext(items: dict[str, Any], size: tuple[int, int]) -> str | None:
-    try:
-        info = json.loads(items["Comment"])
-        sampler = _NOVELAI_SAMPLERS.get(info.get("sampler"), "Euler a")
-        return build_infotext(
-            str(items.get("Description", "")),
-            str(info.get("uc", "")),
-            {
-                "Steps": info["steps"],
-                "Sampler": sampler,
-                "CFG scale": info["scale"],
-                "Seed": info["seed"],
-                "Size": f"{size[0]}x{size[1]}",
-                "Clip skip": 2,
-                "ENSD": 31337,
-            },
-        )
-    except (KeyError, TypeError, ValueError, AttributeError):
-        return None
+@dataclass
+class ImageParameters:
+    """What an image says about how it was made.
+
+    ``infotext``: the A1111 infotext (read as is, or converted from another tool's metadata), or None.
+    ``items``: every metadata item as a string (see :func:`read_infotext`).
+    ``source``: the tool whose metadata was converted (``"ComfyUI"``...), None for A1111/Forge infotext.
+    ``notes``: what the infotext cannot carry about that tool's generation (see ``foreign``).
+    """
+
+    infotext: str | None
+    items: dict[str, str]
+    source: str | None = None
+    notes: list[str] = field(default_factory=list)
 
 
-def _read_from_image(image: Image.Image) -> tuple[str | None, dict[str, str]]:
+def _png_items(image: Image.Image) -> dict[str, Any]:
     raw: dict[str, Any] = dict(image.info or {})
-    if image.format == "PNG" and "parameters" not in raw:
+    if image.format == "PNG":
         try:
             # Text chunks after the image data are only read once the image is loaded.
             raw.update(image.text)  # type: ignore[attr-defined]
         except Exception:  # noqa: BLE001 - truncated files: keep what was read
             pass
+    return raw
 
-    geninfo: str | None = None
-    params = raw.get("parameters")
-    if isinstance(params, str) and params:
-        geninfo = str(params)
-    elif isinstance(params, bytes) and params:
-        geninfo = params.decode("utf-8", errors="replace")
 
+def _exif_items(raw: dict[str, Any]) -> dict[str, str]:
     extra: dict[str, str] = {}
     exif_data = raw.get("exif")
-    if isinstance(exif_data, (bytes, bytearray)) and exif_data:
-        exif = _load_exif(bytes(exif_data)) or {}
-        comment = exif.get("Exif", {}).get(piexif.ExifIFD.UserComment)
-        if isinstance(comment, bytes) and comment:
-            text = _decode_user_comment(comment).strip("\x00")
-            if text:
-                extra["exif comment"] = text
-                if geninfo is None:
-                    geninfo = text
-        for label, ifd, tag in (
-            ("exif ImageDescription", "0th", piexif.ImageIFD.ImageDescription),
-            ("exif Software", "0th", piexif.ImageIFD.Software),
-        ):
-            value = _exif_text(exif.get(ifd, {}).get(tag))
-            if value:
-                extra[label] = value
+    if not (isinstance(exif_data, (bytes, bytearray)) and exif_data):
+        return extra
+    exif = _load_exif(bytes(exif_data)) or {}
+    comment = exif.get("Exif", {}).get(piexif.ExifIFD.UserComment)
+    if isinstance(comment, bytes) and comment:
+        text = _decode_user_comment(comment).strip("\x00")
+        if text:
+            extra["exif comment"] = text
+    for label, ifd, tag in (
+        ("exif ImageDescription", "0th", piexif.ImageIFD.ImageDescription),
+        ("exif Software", "0th", piexif.ImageIFD.Software),
+        # Fooocus names its metadata scheme here in JPEG/WebP files.
+        ("exif MakerNote", "Exif", piexif.ExifIFD.MakerNote),
+    ):
+        value = _exif_text(exif.get(ifd, {}).get(tag))
+        if value:
+            extra[label] = value
+    # Fooocus puts UserComment and MakerNote in the first IFD (Pillow's `Image.Exif()` top level), where
+    # piexif does not look; Pillow reads them.
+    top = Image.Exif()
+    try:
+        top.load(bytes(exif_data))
+    except Exception:  # noqa: BLE001 - corrupt EXIF is common; the rest still reads
+        return extra
+    for label, tag in (("exif comment", piexif.ExifIFD.UserComment), ("exif MakerNote", piexif.ExifIFD.MakerNote)):
+        value = _exif_text(top.get(tag))
+        if value and label not in extra:
+            extra[label] = value
+    return extra
 
-    if geninfo is None and raw.get("comment"):
-        comment = raw["comment"]
-        if isinstance(comment, (bytes, bytearray)):
-            comment = bytes(comment).decode("utf-8", errors="replace")
-        geninfo = str(comment)
 
-    if geninfo is None and raw.get("Software") == "NovelAI" and "Comment" in raw:
-        geninfo = _novelai_infotext(raw, image.size)
+def _as_text(value: Any) -> str | None:
+    if isinstance(value, (bytes, bytearray)):
+        value = bytes(value).decode("utf-8", errors="replace")
+    return str(value) if isinstance(value, str) and value else None
 
+
+def _read_from_image(image: Image.Image) -> ImageParameters:
+    raw = _png_items(image)
+    extra = _exif_items(raw)
+    # A1111's order of places: the PNG chunk, then EXIF UserComment, then a GIF/JPEG comment.
+    geninfo = _as_text(raw.get("parameters")) or extra.get("exif comment") or _as_text(raw.get("comment"))
     items = {str(k): _describe(v) for k, v in raw.items()}
     items.update(extra)
-    return geninfo, items
+
+    foreign = None
+    if geninfo is None or geninfo.lstrip().startswith("{"):
+        # Another tool's metadata (JSON where A1111 has text, or chunks of its own).
+        found = {k: v for k, v in raw.items() if isinstance(v, str)}
+        found["parameters"] = geninfo
+        found.setdefault("fooocus_scheme", extra.get("exif MakerNote"))
+        foreign = read_foreign(found, image.size)
+        geninfo = None
+    if foreign is not None:
+        return ImageParameters(foreign.infotext(), items, foreign.source, list(foreign.notes))
+    return ImageParameters(geninfo, items)
+
+
+def _open(image_or_path: Image.Image | str | os.PathLike[str] | bytes | IO[bytes]) -> ImageParameters:
+    if isinstance(image_or_path, Image.Image):
+        return _read_from_image(image_or_path)
+    if isinstance(image_or_path, (bytes, bytearray)):
+        image_or_path = io.BytesIO(bytes(image_or_path))
+    if isinstance(image_or_path, (str, os.PathLike)):
+        image_or_path = Path(image_or_path)
+    with Image.open(image_or_path) as image:
+        return _read_from_image(image)
+
+
+def read_image_parameters(
+    image_or_path: Image.Image | str | os.PathLike[str] | bytes | IO[bytes],
+) -> ImageParameters:
+    """An image's generation parameters as an A1111 infotext, from its own infotext or from the metadata
+    of ComfyUI, InvokeAI, NovelAI or Fooocus (:mod:`pipelines.images.foreign`), with the raw items."""
+    return _open(image_or_path)
 
 
 def read_infotext(
@@ -260,15 +281,10 @@ def read_infotext(
     The raw metadata maps every item Pillow read (``parameters`` included) to a string:
     bytes are decoded when they are short printable UTF-8 and summarised as
     ``<N bytes>`` otherwise; a decoded EXIF UserComment is added as ``exif comment``.
+    Other tools' metadata comes back converted to an infotext (see :func:`read_image_parameters`).
 
     The ``parameters`` PNG chunk wins over an EXIF UserComment (A1111 prefers the EXIF
     comment when both exist; files with both are rare and not written by A1111).
     """
-    if isinstance(image_or_path, Image.Image):
-        return _read_from_image(image_or_path)
-    if isinstance(image_or_path, (bytes, bytearray)):
-        image_or_path = io.BytesIO(bytes(image_or_path))
-    if isinstance(image_or_path, (str, os.PathLike)):
-        image_or_path = Path(image_or_path)
-    with Image.open(image_or_path) as image:
-        return _read_from_image(image)
+    found = _open(image_or_path)
+    return found.infotext, found.items
