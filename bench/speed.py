@@ -134,7 +134,7 @@ def main(argv=None) -> None:
             # The same step and a VAE decode with channels_last weights/activations (NHWC convolutions).
             vae = manager.active.pipe.vae
             vae.to(memory_format=torch.contiguous_format)   # the manager places it channels_last on CPU
-            z = torch.randn(1, 4, lat, lat, dtype=dtype, device=args.device)
+            z = torch.randn(1, 4, lat, lat, dtype=vae.dtype, device=args.device)   # fp32 VAE under fp16
             decode = []
             for _ in range(args.repeat):
                 start = time.perf_counter()
