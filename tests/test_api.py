@@ -529,7 +529,9 @@ def test_auth_applies_to_the_api(server):
     from webui.app.cli import parse_args
     from webui.app.server import create_app
 
-    locked = TestClient(create_app(server.services, AccessControl(api_users={"bot": "s3cret"}), None, api=True))
+    LOCAL = "http://127.0.0.1"     # TestClient's default Host ('testserver') is refused like any foreign name
+    locked = TestClient(create_app(server.services, AccessControl(api_users={"bot": "s3cret"}), None, api=True),
+                        base_url=LOCAL)
     assert locked.get("/sdapi/v1/sd-models").status_code == 401
     assert locked.get("/sdapi/v1/sd-models", auth=("bot", "wrong")).status_code == 401
     assert locked.post("/sdapi/v1/txt2img", json={"steps": 1}).status_code == 401
@@ -537,7 +539,7 @@ def test_auth_applies_to_the_api(server):
     # exposed (--listen) with no credentials: never open; the generated password works
     args = parse_args(["--listen", "--nowebui", "--data-dir", str(server.data)])
     access = access_control(args)
-    exposed = TestClient(create_app(server.services, access, None, api=True))
+    exposed = TestClient(create_app(server.services, access, None, api=True), base_url=LOCAL)
     assert exposed.get("/sdapi/v1/options").status_code == 401
     assert exposed.get("/sdapi/v1/options", auth=("admin", access.generated_password)).status_code == 200
     # the real client with --api-auth; cmd-flags never shows the passwords
@@ -545,7 +547,7 @@ def test_auth_applies_to_the_api(server):
 
     args = parse_args(["--api-auth", "bot:s3cret", "--auth", "u:p", "--nowebui", "--data-dir", str(server.data)])
     services = dataclasses.replace(server.services, args=args)
-    client = TestClient(create_app(services, access_control(args), None, api=True))
+    client = TestClient(create_app(services, access_control(args), None, api=True), base_url=LOCAL)
     assert client.get("/sdapi/v1/cmd-flags", auth=("u", "p")).status_code == 401      # --api-auth wins for the API
     flags = client.get("/sdapi/v1/cmd-flags", auth=("bot", "s3cret")).json()
     assert flags["api_auth"] == "<hidden>" and flags["auth"] == "<hidden>" and "s3cret" not in json.dumps(flags)

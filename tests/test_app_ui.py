@@ -296,13 +296,13 @@ def test_api_routes_use_http_basic(monkeypatch, ui):
     monkeypatch.setattr(server, "api_router", lambda services, access: router)
     access = AccessControl(users={"u": "p"}, api_users={"u": "p"})
     app = server.create_app(ui.services, access, None, api=True)
-    client = TestClient(app)
+    client = TestClient(app, base_url="http://127.0.0.1")    # 'testserver' would be a foreign Host
     r = client.get("/sdapi/v1/ping")
     assert r.status_code == 401 and r.headers["www-authenticate"] == "Basic"
     assert client.get("/sdapi/v1/ping", auth=("u", "wrong")).status_code == 401
     assert client.get("/sdapi/v1/ping", auth=("u", "p")).json() == {"ok": True}
     open_app = server.create_app(ui.services, AccessControl(), None, api=True)
-    assert TestClient(open_app).get("/sdapi/v1/ping").status_code == 200
+    assert TestClient(open_app, base_url="http://127.0.0.1").get("/sdapi/v1/ping").status_code == 200
 
 
 def test_port_finder_skips_taken_ports():

@@ -288,10 +288,10 @@ def test_disabling_an_extension_removes_its_tab_after_restart(app):
         assert "demo_strength" not in demo.ui_context.tab_objects["txt2img"].ext_fields
         rows = {r["id"]: r for r in services.extensions.status_rows()}
         assert rows["demo_ext"]["status"] == "disabled"
-        # exposed (--listen): installing from the UI is off, and refused by the manager too
+        # without --enable-insecure-extension-access: installing from the UI is off, and refused by the manager
         tab = demo.ui_context.tab_objects["extensions"]
         assert tab.install.interactive is False and tab.url.interactive is False
-        with pytest.raises(UserError, match="disabled while the app is reachable"):
+        with pytest.raises(UserError, match="--enable-insecure-extension-access"):
             services.extensions.install("https://example.com/a/b.git")
     finally:
         services.close()

@@ -145,6 +145,20 @@ def test_requirements_installed_once_and_skipped_when_satisfied(tmp_path):
     assert row["status"] == "error" and "No matching distribution" in row["error"]
 
 
+def test_corrupt_config_is_reported_and_loads_nothing(tmp_path):
+    write_ext(tmp_path / "ext", "good", GOOD, **{"helper.py": "LABEL = 'Good level'\n"})
+    m = manager_for(tmp_path)
+    m.config_path.parent.mkdir(parents=True)
+    m.config_path.write_text('{"disabled": ["good"', encoding="utf-8")     # truncated by a crash mid-write
+    m.load_all()
+    assert not m.hooks.tabs and m.status_rows()[0]["status"] == "disabled"   # not silently re-enabled
+    assert "extensions.json is unreadable" in status_html(m)
+    m.save_disabled(set())                                                  # saving from the tab repairs it
+    again = manager_for(tmp_path)
+    again.load_all()
+    assert again.config_error is None and again.status_rows()[0]["status"] == "loaded"
+
+
 def test_install_from_git_url(tmp_path):
     if shutil.which("git") is None:
         pytest.skip("git is not installed")
@@ -153,10 +167,11 @@ def test_install_from_git_url(tmp_path):
            "HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
     for cmd in (["git", "init", "-q"], ["git", "add", "."], ["git", "commit", "-qm", "x"]):
         subprocess.run(cmd, cwd=repo, check=True, env=env)
-    exposed = manager_for(tmp_path, exposed=True)
-    with pytest.raises(UserError, match="disabled while the app is reachable"):
-        exposed.install(f"file://{repo}")
-    m = manager_for(tmp_path)
+    for refused in (manager_for(tmp_path, exposed=True), manager_for(tmp_path)):   # no flag: refused in every mode
+        with pytest.raises(UserError, match="--enable-insecure-extension-access"):
+            refused.install(f"file://{repo}")
+    assert not (tmp_path / "ext").exists()
+    m = manager_for(tmp_path, install_allowed=True)
     with pytest.raises(UserError, match="git URL"):
         m.install("--upload-pack=touch /tmp/x")
     target = m.install(f"file://{repo}")

@@ -145,7 +145,7 @@ def test_inpaint_upload_generates_saves_and_reports_img2img_keys(ui, files):
 
 def test_batch_folder_is_resumable(ui, files, tmp_path, monkeypatch):
     tab = ui.tab_objects["img2img"]
-    src, out = tmp_path / "in", tmp_path / "out"
+    src, out = ui.data / "batch-in", ui.data / "batch-out"     # batch folders live under --data-dir
     src.mkdir()
     for name in ("a.png", "b.png"):
         Image.open(files.init).save(src / name)
@@ -159,6 +159,9 @@ def test_batch_folder_is_resumable(ui, files, tmp_path, monkeypatch):
     assert "0 processed, 2 already done" in final[tab.progress]
     with pytest.raises(gr.Error, match="input folder"):
         next(tab.run(request=None, **values_of(ui, i2i_mode="batch", batch_input="")))
+    for outside in ({"batch_input": str(tmp_path)}, {"batch_output": str(tmp_path)}, {"batch_input": "../.."}):
+        with pytest.raises(gr.Error, match="inside the data folder"):            # without --allow-any-batch-folder
+            next(tab.run(request=None, **{**vals, **outside}))
     monkeypatch.setattr(type(ui), "exposed", property(lambda self: True))     # --listen / --share
     with pytest.raises(gr.Error, match="disabled while the app is exposed"):
         next(tab.run(request=None, **vals))

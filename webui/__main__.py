@@ -144,11 +144,17 @@ def main(argv: list[str] | None = None) -> int:
         print(notice, flush=True)
     if access.enabled and not access.generated_password:
         print("Login required (credentials from --auth/--auth-file).", flush=True)
-    if is_exposed(args):
+    if args.enable_insecure_extension_access:
+        print("WARNING: --enable-insecure-extension-access: whoever can use the UI can install extensions "
+              "(run code on this machine).", flush=True)
+    elif is_exposed(args):
         print("Exposed mode: installing extensions from the UI is disabled.", flush=True)
     print(f"Startup time: {ready:.1f}s", flush=True)
     if args.share:
-        start_share_tunnel(port, announce=lambda msg: print(msg, flush=True))
+        from urllib.parse import urlsplit
+
+        start_share_tunnel(port, announce=lambda msg: print(msg, flush=True),
+                           on_url=lambda url: app.state.host_policy.allow(urlsplit(url).netloc))
     if args.autolaunch:
         import webbrowser
 

@@ -23,6 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--api-auth", default=None, help="user:pass[,...] HTTP Basic credentials for the API only")
     net.add_argument("--insecure-no-auth", action="store_true",
                      help="with --listen/--share, run WITHOUT a password (otherwise one is generated)")
+    net.add_argument("--allowed-hosts", action="append", default=[], metavar="NAME[,NAME]",
+                     help="more Host names to accept (a reverse proxy's name); requests naming any other host, "
+                          "and state-changing requests from other origins, are refused (403)")
     net.add_argument("--api", action="store_true", help="serve the AUTOMATIC1111-compatible /sdapi/v1 API")
     net.add_argument("--nowebui", action="store_true", help="serve only the API, no web UI")
     net.add_argument("--autolaunch", action="store_true", help="open the UI in the default browser at start")
@@ -57,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     out = p.add_argument_group("outputs and UI")
     out.add_argument("--outdir", type=Path, default=ROOT / "outputs", help="where images are saved")
     out.add_argument("--data-dir", type=Path, default=ROOT, help="base folder for models/, config/ and cache/")
+    out.add_argument("--allow-any-batch-folder", action="store_true",
+                     help="img2img batch folders typed in the UI may be anywhere (default: under --data-dir)")
     out.add_argument("--ui-debug-mode", action="store_true", help="start without loading a model")
     out.add_argument("--controlnet-units", type=int, default=3, help="ControlNet units shown in the UI")
 
@@ -64,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     ext.add_argument("--extensions-dir", action="append", default=None, type=Path,
                      help="folder of extensions (default: extensions/ of the app); repeatable, the first one "
                           "receives extensions installed from the UI")
+    ext.add_argument("--enable-insecure-extension-access", action="store_true",
+                     help="allow installing extensions (git clone, pip) and writing presets from the UI, in every "
+                          "mode: whoever can use the UI can then run code on this machine")
     ext.add_argument("--disable-all-extensions", action="store_true", help="start without loading any extension")
     return p
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .auth import AccessControl
+from .guard import HostOriginGuard, HostPolicy
 from .services import Services
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,10 @@ def create_app(services: Services, access: AccessControl, demo=None, *, api: boo
                             server_port=port or getattr(args, "port", None) or DEFAULT_PORT)
     if hooks is not None:
         hooks.app_started(app)
+    # Outermost (added last): every route, the UI's and extensions' included, sits behind the Host/Origin checks.
+    policy = HostPolicy.from_args(services.args)
+    app.state.host_policy = policy
+    app.add_middleware(HostOriginGuard, policy=policy)
     return app
 
 
@@ -138,10 +143,12 @@ def start_server(app, host: str, port: int, *, timeout: float = 60.0) -> Running
     return RunningServer(server, thread, host, port)
 
 
-def start_share_tunnel(port: int, *, wait: float = SHARE_WAIT_SECONDS, announce=print) -> threading.Thread:
+def start_share_tunnel(port: int, *, wait: float = SHARE_WAIT_SECONDS, announce=print,
+                       on_url=None) -> threading.Thread:
     """Ask Gradio's share server for a public link in the background; never blocks serving.
 
     Offline (or when the share server cannot be reached) it says why and the app keeps serving locally.
+    `on_url(url)` is called with the link once it exists (before it is announced).
     """
     result: dict[str, Any] = {}
 
@@ -150,6 +157,8 @@ def start_share_tunnel(port: int, *, wait: float = SHARE_WAIT_SECONDS, announce=
             from gradio import networking
 
             result["url"] = networking.setup_tunnel("127.0.0.1", port, secrets.token_urlsafe(32), None, None)
+            if on_url is not None:   # the share host becomes an accepted Host/Origin
+                on_url(result["url"])
             if result.get("announced_late"):
                 announce(f"Public share link (late): {result['url']}")
         except Exception as err:  # noqa: BLE001 - any failure means "no share link", never a crash

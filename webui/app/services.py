@@ -15,6 +15,7 @@ from typing import Any
 from pipelines.core.devices import make_policy
 from pipelines.generate.engine import Engine, GenerationResult
 from pipelines.hooks import HookRegistry
+from pipelines.core.errors import UserError
 from pipelines.core.jobs import Job, JobQueue
 from pipelines.models.manager import PipelineManager
 from pipelines.models.files import ModelPaths, ModelRegistry
@@ -68,13 +69,28 @@ class Services:
         return self.queue.submit(work, label=f"img2img: {req.prompt[:40]}")
 
     def submit_img2img_batch(self, req: GenerationRequest, input_dir, output_dir=None, mask_dir=None) -> Job:
-        """Queue a folder of init images (+ masks of the same names); `job.wait()` gives a BatchResult."""
+        """Queue a folder of init images (+ masks of the same names); `job.wait()` gives a BatchResult.
+        Folders are resolved inside --data-dir and must stay there unless --allow-any-batch-folder."""
+        input_dir, output_dir, mask_dir = (self.batch_folder(d, label) for d, label in
+                                           ((input_dir, "input"), (output_dir, "output"), (mask_dir, "mask")))
 
         def work(control):
             self.release_interrogator()
             return self.engine.img2img_batch(req, input_dir, output_dir, mask_dir, control)
 
         return self.queue.submit(work, label=f"img2img batch: {input_dir}")
+
+    def batch_folder(self, folder, label: str) -> Path | None:
+        """A batch folder typed in the UI, relative to --data-dir; one outside it is refused (a UI user
+        could otherwise read and overwrite any folder the server can reach)."""
+        if folder is None or not str(folder).strip():
+            return None
+        data = Path(getattr(self.args, "data_dir", ".") or ".").resolve()
+        path = (data / Path(str(folder).strip()).expanduser()).resolve()
+        if not getattr(self.args, "allow_any_batch_folder", False) and not path.is_relative_to(data):
+            raise UserError(f"Batch {label} folder: it must be inside the data folder (--data-dir); start the app "
+                            "with --allow-any-batch-folder to use folders anywhere on the server")
+        return path
 
     def submit(self, fn, label: str = "") -> Job:
         """Any other device work (model switch, VAE change) goes through the same queue."""

@@ -13,8 +13,10 @@ Isolation: an extension whose manifest is bad, whose requirements cannot be inst
 `setup()` raises, is not loaded; the Extensions tab shows why with the traceback, and everything else
 runs. Hook failures at run time are handled by `pipelines.hooks.HookRegistry` the same way.
 
-Installing from a git URL is possible from the UI only when the app is not exposed (`--listen` /
-`--share`): `ExtensionManager.install` refuses then, whatever the UI shows.
+Installing from a git URL (it runs the clone's code and pip) is possible from the UI only with
+`--enable-insecure-extension-access` (AUTOMATIC1111's flag), in every mode: `ExtensionManager.install`
+refuses otherwise, whatever the UI shows. A corrupt `extensions.json` is reported and loads no extension
+(it may have listed some as disabled) until it is fixed or saved again from the Extensions tab.
 
 No Gradio import at module level: the API-only app (`--nowebui`) loads extensions too.
 """
@@ -54,6 +56,9 @@ APP_NAME = "sd-webui-diffusers"
 APP_VERSION = "0.1.0"
 MANIFEST = "extension.json"
 CONFIG_FILE = Path("config") / "extensions.json"
+INSTALL_DISABLED = ("Installing extensions from the UI is disabled: it runs the extension's code and pip on this "
+                    "machine for whoever can use the UI. Start the app with --enable-insecure-extension-access to "
+                    "allow it, or clone the extension into the extensions folder on the server and restart the app.")
 MODULE_PREFIX = "webui_extension_"
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _GIT_URL = re.compile(r"(https?://|ssh://|git@|file://)[^\s]+")
@@ -199,13 +204,15 @@ class ExtensionManager:
     """Finds, enables/disables, loads and installs extensions; the status the Extensions tab shows."""
 
     def __init__(self, dirs: list[Path], hooks: HookRegistry, *, config_path: Path, data_dir: Path | None = None,
-                 exposed: bool = False, disable_all: bool = False,
+                 exposed: bool = False, disable_all: bool = False, install_allowed: bool = False,
                  pip: Callable[[Path, Callable[[str], None]], None] = run_pip):
         self.dirs = [Path(d) for d in dirs] or [DEFAULT_DIR]
         self.hooks = hooks
         self.config_path = Path(config_path)
         self.data_dir = Path(data_dir) if data_dir else self.config_path.parent.parent
         self.exposed = exposed
+        self.install_allowed = install_allowed
+        self.config_error: str | None = None     # set when extensions.json cannot be read
         self.disable_all = disable_all
         self.pip = pip
         self.extensions: list[Extension] = []
@@ -219,7 +226,8 @@ class ExtensionManager:
         data = Path(getattr(args, "data_dir", ".") or ".")
         dirs = [Path(d) for d in (getattr(args, "extensions_dir", None) or [DEFAULT_DIR])]
         return cls(dirs, hooks, config_path=data / CONFIG_FILE, data_dir=data, exposed=is_exposed(args),
-                   disable_all=bool(getattr(args, "disable_all_extensions", False)))
+                   disable_all=bool(getattr(args, "disable_all_extensions", False)),
+                   install_allowed=bool(getattr(args, "enable_insecure_extension_access", False)))
 
     @property
     def install_dir(self) -> Path:
@@ -229,11 +237,16 @@ class ExtensionManager:
     def _read_config(self) -> dict[str, Any]:
         try:
             data = json.loads(self.config_path.read_text(encoding="utf-8"))
-            return data if isinstance(data, dict) else {}
+            if not isinstance(data, dict):
+                raise ValueError("expected a JSON object")
+            return data
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as err:
-            log.warning("%s is unreadable (%s); all extensions are enabled", self.config_path, err)
+            # Not "everything enabled": the file may list extensions the user switched off.
+            self.config_error = (f"{self.config_path} is unreadable ({err}); no extension is loaded until it is "
+                                 "fixed, or saved again from the Extensions tab")
+            log.error("%s", self.config_error)
             return {}
 
     def disabled_ids(self) -> set[str]:
@@ -254,18 +267,20 @@ class ExtensionManager:
             tmp = self.config_path.with_suffix(".json.tmp")
             tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
             tmp.replace(self.config_path)
+            self.config_error = None
         for ext in self.extensions:
             ext.enabled = ext.id not in disabled
 
     # ------------------------------------------------------------------ discovery and loading
     def discover(self) -> list[Extension]:
         disabled = self.disabled_ids()
+        blocked = self.disable_all or self.config_error is not None
         found: dict[str, Extension] = {}
         for root in self.dirs:
             if not root.is_dir():
                 continue
             for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
-                ext = Extension(folder.name, folder, enabled=folder.name not in disabled and not self.disable_all)
+                ext = Extension(folder.name, folder, enabled=folder.name not in disabled and not blocked)
                 if folder.name in found:
                     ext.enabled = False
                     ext.fail(f"another extension named {folder.name!r} is already in {found[folder.name].folder.parent}")
@@ -412,11 +427,10 @@ class ExtensionManager:
 
     # ------------------------------------------------------------------ install from git
     def install(self, url: str, *, git: str = "git") -> Path:
-        """`git clone` a URL into the install folder (loaded at the next start). Refused when exposed."""
-        if self.exposed:
-            raise UserError("Installing extensions is disabled while the app is reachable from other machines "
-                            "(--listen / --share). Clone the extension into "
-                            f"{self.install_dir} on the server and restart the app.")
+        """`git clone` a URL into the install folder (loaded at the next start). Refused without
+        --enable-insecure-extension-access."""
+        if not self.install_allowed:
+            raise UserError(INSTALL_DISABLED)
         url = (url or "").strip()
         if not _GIT_URL.fullmatch(url):
             raise UserError("enter a git URL (https://..., ssh://..., git@host:owner/repo.git or file://...)")
@@ -593,6 +607,11 @@ def build_extension_tabs(ctx: "UIContext") -> list[Any]:
 def status_html(manager: ExtensionManager | None) -> str:
     if manager is None:
         return "<p>Extensions are not available in this build.</p>"
+    warning = f"<p class='ext-error'>{html.escape(manager.config_error)}</p>" if manager.config_error else ""
+    return warning + _status_table(manager)
+
+
+def _status_table(manager: ExtensionManager) -> str:
     rows = manager.status_rows()
     if not rows:
         folders = ", ".join(f"<code>{html.escape(str(d))}</code>" for d in manager.dirs)
@@ -652,7 +671,7 @@ class ExtensionsTab:
     def build(self) -> None:
         import gradio as gr
 
-        exposed = self.manager.exposed if self.manager is not None else self.ctx.exposed
+        allowed = self.manager.install_allowed if self.manager is not None else False
         with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions") as self.tab:
             with gr.Row():
                 self.refresh = gr.Button("⟳ Refresh status", size="sm", elem_id="extensions_refresh", scale=0)
@@ -662,14 +681,13 @@ class ExtensionsTab:
                                                 elem_id="extensions_enabled")
                 self.apply = gr.Button("Save (applies when the app restarts)", size="sm", elem_id="extensions_apply")
             with gr.Accordion("Install from a git URL", open=False, elem_id="extensions_install_box"):
-                if exposed:
-                    gr.Markdown("Installing extensions from the UI is **disabled** because the app is reachable from "
-                                "other machines (`--listen` / `--share`). Clone the extension into "
-                                f"`{self.manager.install_dir if self.manager else DEFAULT_DIR}` on the server and "
-                                "restart the app.", elem_id="extensions_install_disabled")
-                self.url = gr.Textbox(label="URL of the extension's git repository", interactive=not exposed,
+                if not allowed:
+                    gr.Markdown(INSTALL_DISABLED.replace("--enable-insecure-extension-access",
+                                                         "`--enable-insecure-extension-access`"),
+                                elem_id="extensions_install_disabled")
+                self.url = gr.Textbox(label="URL of the extension's git repository", interactive=allowed,
                                       placeholder="https://github.com/owner/repo.git", elem_id="extensions_url")
-                self.install = gr.Button("Install", interactive=not exposed, elem_id="extensions_install",
+                self.install = gr.Button("Install", interactive=allowed, elem_id="extensions_install",
                                          size="sm")
             self.message = gr.Markdown("", elem_id="extensions_message")
         self.refresh.click(self.refresh_status, outputs=self.table, queue=False, show_progress="hidden",

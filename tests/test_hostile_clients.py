@@ -1,0 +1,96 @@
+"""A hostile client against the real app process (UI + API on a tiny model, local mode, no password).
+
+One server for the module (start-up is the expensive part). What a web page or a misbehaving script
+could do to a local app, and what must happen instead:
+- DNS rebinding (a foreign Host name) and cross-site requests (a foreign Origin on POST, including Gradio's
+  queue/upload and body-less POSTs such as /sdapi/v1/interrupt) are refused with 403;
+- installing an extension from the UI is refused without --enable-insecure-extension-access;
+and after all of it the server still serves.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import requests
+
+from tests.helpers.app import ROOT, AppProcess, make_tiny_data_dir, tiny_app_args
+
+EVIL = "http://evil.example"
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    data = make_tiny_data_dir(tmp_path_factory.mktemp("hostile"))
+    with AppProcess(tiny_app_args(data, "--api")) as running:
+        running.data = data
+        running.base = running.url.rstrip("/")
+        yield running
+
+
+def post(app, path: str, **kw) -> requests.Response:
+    return requests.post(app.base + path, timeout=60, **kw)
+
+
+def fn_index(config: dict, elem_id: str) -> int:
+    """The Gradio event index triggered by the component with `elem_id` (what a page would call)."""
+    ids = {c["id"]: c["props"].get("elem_id") for c in config["components"]}
+    for index, dep in enumerate(config["dependencies"]):
+        if any(ids.get(target[0]) == elem_id for target in dep["targets"]):
+            return dep.get("id", index)
+    raise AssertionError(f"no event on {elem_id}")
+
+
+def test_rebinding_hosts_are_refused(app):
+    port = app.port
+    for host in ("evil.example", f"evil.example:{port}", f"127.0.0.1.evil.example:{port}", "localhost.evil"):
+        for path in ("/", "/config", "/gradio_api/info", "/sdapi/v1/options", "/docs"):
+            r = requests.get(app.base + path, headers={"Host": host}, timeout=10)
+            assert r.status_code == 403, (host, path, r.status_code)
+            assert "access-control-allow-origin" not in r.headers
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"):
+        assert requests.get(app.base + "/config", headers={"Host": host}, timeout=10).status_code == 200
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/sdapi/v1/interrupt", None), ("/sdapi/v1/skip", None), ("/sdapi/v1/unload-checkpoint", None),
+    ("/sdapi/v1/options", {"samples_format": "jpg"}), ("/sdapi/v1/txt2img", {"steps": 1}),
+    ("/gradio_api/queue/join", {"data": [], "fn_index": 0, "session_hash": "x"}),
+    ("/gradio_api/upload", None),
+])
+def test_cross_site_requests_are_refused(app, path, body):
+    for origin in (EVIL, "null", f"http://127.0.0.1:{app.port + 1}", f"http://localhost:{app.port}"):
+        r = post(app, path, json=body, headers={"Origin": origin})
+        assert r.status_code == 403, (origin, r.status_code)
+        assert "cross-origin" in r.json()["detail"]
+
+
+def test_own_origin_and_scripts_without_origin_pass(app):
+    own = {"Origin": f"http://127.0.0.1:{app.port}"}
+    assert post(app, "/sdapi/v1/interrupt", headers=own).status_code == 200
+    assert post(app, "/sdapi/v1/interrupt").status_code == 200               # curl / Python: no Origin
+    assert requests.get(app.base + "/sdapi/v1/progress", headers={"Origin": EVIL}, timeout=10).status_code == 200
+
+
+def test_extension_install_from_the_ui_is_refused_without_the_flag(app):
+    config = requests.get(app.base + "/config", timeout=10).json()
+    index = fn_index(config, "extensions_install")
+    r = post(app, "/gradio_api/queue/join", json={"data": ["https://example.com/owner/repo.git"],
+                                                  "fn_index": index, "session_hash": "hostile1"})
+    assert r.status_code == 200
+    with requests.get(app.base + "/gradio_api/queue/data", params={"session_hash": "hostile1"}, stream=True,
+                      timeout=60) as stream:
+        events = []
+        for line in stream.iter_lines():
+            if line.startswith(b"data:"):
+                events.append(json.loads(line[5:]))
+                if events[-1].get("msg") == "process_completed":
+                    break
+    done = events[-1]
+    assert done["success"] is False and "--enable-insecure-extension-access" in json.dumps(done)
+    assert not (ROOT / "extensions" / "repo").exists()
+
+
+def test_server_still_serves(app):
+    assert requests.get(app.base + "/sdapi/v1/sd-models", timeout=10).status_code == 200
+    assert requests.get(app.base + "/", timeout=10).status_code == 200
