@@ -5,6 +5,7 @@ could do to a local app, and what must happen instead:
 - DNS rebinding (a foreign Host name) and cross-site requests (a foreign Origin on POST, including Gradio's
   queue/upload and body-less POSTs such as /sdapi/v1/interrupt) are refused with 403;
 - installing an extension from the UI is refused without --enable-insecure-extension-access;
+- the first txt2img, sent as soon as the server answers (the start-up load is importing diffusers), works;
 and after all of it the server still serves.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ import requests
 from tests.helpers.app import ROOT, AppProcess, make_tiny_data_dir, tiny_app_args
 
 EVIL = "http://evil.example"
+TINY = {"width": 64, "height": 64, "steps": 1, "sampler_name": "Euler a"}
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +27,8 @@ def app(tmp_path_factory):
     with AppProcess(tiny_app_args(data, "--api")) as running:
         running.data = data
         running.base = running.url.rstrip("/")
+        # The first generation is sent the moment the server answers, while the start-up load imports diffusers.
+        running.first = requests.post(running.base + "/sdapi/v1/txt2img", json={**TINY, "prompt": "first"}, timeout=180)
         yield running
 
 
@@ -39,6 +43,11 @@ def fn_index(config: dict, elem_id: str) -> int:
         if any(ids.get(target[0]) == elem_id for target in dep["targets"]):
             return dep.get("id", index)
     raise AssertionError(f"no event on {elem_id}")
+
+
+def test_first_request_at_start_up_is_served(app):
+    assert app.first.status_code == 200, app.first.text[:500]
+    assert len(app.first.json()["images"]) == 1
 
 
 def test_rebinding_hosts_are_refused(app):

@@ -62,6 +62,10 @@ def warm_tokenizer() -> None:
     try:
         from pipelines.models.tokenizers import clip_tokenizer
 
+        from .app.imports import ensure_engine_imports
+
+        ensure_engine_imports()   # the tokenizer imports transformers: never beside a request's imports
+
         clip_tokenizer()
     except Exception:  # noqa: BLE001 - only a warm-up; the counter reports its own errors
         log.debug("tokenizer warm-up failed", exc_info=True)
@@ -131,7 +135,13 @@ def main(argv: list[str] | None = None) -> int:
             # import transformers, and two threads importing it at once can fail ("cannot import name
             # 'CLIPImageProcessor' from 'transformers'"). The load needs that import anyway.
             services.submit(warm_tokenizer, label="warm up the tokenizer")
-        job = services.submit(lambda: services.manager.load(ckpt), label=f"load {ckpt.title}")
+        from .app.imports import ensure_engine_imports
+
+        def startup_load():
+            ensure_engine_imports()   # complete before any request may use them (see webui/app/imports.py)
+            return services.manager.load(ckpt)
+
+        job = services.submit(startup_load, label=f"load {ckpt.title}")
         job.target_title = ckpt.title
         if demo is not None:
             demo.ui_context.startup_job = job

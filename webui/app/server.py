@@ -21,6 +21,7 @@ from typing import Any
 
 from .auth import AccessControl
 from .guard import HostOriginGuard, HostPolicy
+from .imports import ImportGate
 from .services import Services
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,7 @@ def create_app(services: Services, access: AccessControl, demo=None, *, api: boo
     if hooks is not None:
         hooks.app_started(app)
     # Outermost (added last): every route, the UI's and extensions' included, sits behind the Host/Origin checks.
+    app.add_middleware(ImportGate)   # engine requests wait for the start-up imports (no half-imported diffusers)
     policy = HostPolicy.from_args(services.args)
     app.state.host_policy = policy
     app.add_middleware(HostOriginGuard, policy=policy)
