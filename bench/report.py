@@ -33,6 +33,11 @@ HEADLINES: dict[str, list[tuple[str, str, str]]] = {
     "speed-gpu": [(f"unet_step_s_{p}", f"UNet CFG step {p} on the GPU", "{} s") for p in ("fp16", "bf16")]
                  + [(f"fraction_of_peak_{p}", f"{p} UNet step on the GPU, fraction of matmul peak", "{}")
                     for p in ("fp16", "bf16")],
+    "history": [("first_index_s", "history: first index of 100,000 images", "{} s"),
+                ("refresh_unchanged_s", "history: refresh with nothing changed", "{} s"),
+                ("search_p50_ms", "history: search latency p50", "{} ms"),
+                ("search_p99_ms", "history: search latency p99", "{} ms"),
+                ("page_load_warm_ms", "history: page of 48 with thumbnails (cached)", "{} ms")],
     "interrogate": [("fast_s", "interrogate fast mode", "{} s"), ("best_s", "interrogate best mode", "{} s")],
     "controlnet": [("controlnet_enable_cold_s", "ControlNet enable, SD1.5 size, from disk", "{} s"),
                    ("controlnet_swap_from_disk_s", "ControlNet swap, from disk", "{} s"),
