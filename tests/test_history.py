@@ -121,3 +121,33 @@ def test_thumbnails_are_made_once_and_small(outputs):
         assert im.format == "WEBP" and max(im.size) == 256 and im.size == (256, 128)
     made = thumb.stat().st_mtime_ns
     assert index.thumbnail(rel) == thumb and thumb.stat().st_mtime_ns == made
+
+
+def test_history_tab_pages_selects_favourites_and_deletes(outputs):
+    from types import SimpleNamespace
+
+    from webui.ui.history import HistoryTab
+
+    saver, paths, state = outputs
+    ctx = SimpleNamespace(args=SimpleNamespace(data_dir=str(state.parent)), services=SimpleNamespace(saver=saver),
+                          exposed=False, paste_tabs=())
+    tab = HistoryTab(ctx)
+    thumbs, text, items, offset = tab.show_page("", "", "", None, "", "", False, 0)
+    assert text == "1–4 of 4 image(s)" and len(thumbs) == 4 and thumbs[0][0].size == (64, 48)
+    thumbs, text, items, _ = tab.show_page("", "", "", 22, "", "", False, 0)    # search by seed
+    assert [i.seed for i in items] == [22]
+    path, info, item, star = tab.select(items, SimpleNamespace(index=0))
+    assert path == str(paths[1].resolve()) and "a castle in the clouds" in info and item.seed == 22
+    *_, star = tab.toggle_favourite(item)
+    assert star["value"] == "★ Favourite"
+    _, _, favs, _ = tab.show_page("", "", "", None, "", "", True, 0)
+    assert [i.seed for i in favs] == [22]
+    tab.delete(favs[0])
+    assert not paths[1].exists()
+    _, text, _, _ = tab.show_page("", "", "", None, "", "", False, 0)
+    assert text == "1–3 of 3 image(s)"
+    ctx.exposed = True
+    import gradio as gr
+
+    with pytest.raises(gr.Error):
+        tab.delete(items[0])
