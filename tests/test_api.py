@@ -258,6 +258,32 @@ def test_png_info_reads_what_txt2img_wrote(server):
     assert server.post("/png-info", {"image": b64_png(Image.new("RGB", (8, 8)))}).json()["info"] == ""
 
 
+def test_png_info_reads_other_tools_and_says_what_differs(server):
+    from PIL import PngImagePlugin
+
+    api = server.client()
+    own = api.png_info(api.txt2img(prompt="a boat", seed=3, steps=1, **SIZE).image).json["reproduce"]
+    assert own["source"] is None and own["checkpoint"].startswith("tiny-sd1"), own
+    assert own["exact"], own["differences"]
+    # An InvokeAI image (CoreMetadata chunk) naming a checkpoint and a LoRA this server lacks.
+    meta = {"generation_mode": "txt2img", "positive_prompt": "a red fox", "negative_prompt": "blurry",
+            "width": 64, "height": 64, "seed": 12, "cfg_scale": 6, "steps": 4, "scheduler": "euler_k",
+            "model": {"name": "juggernaut", "base": "sd-1", "type": "main"},
+            "loras": [{"model": {"name": "pixel_art", "base": "sd-1", "type": "lora"}, "weight": 0.5}]}
+    info = PngImagePlugin.PngInfo()
+    info.add_text("invokeai_metadata", json.dumps(meta))
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(buf, "PNG", pnginfo=info)
+    r = server.post("/png-info", {"image": base64.b64encode(buf.getvalue()).decode()}).json()
+    params = r["parameters"]
+    assert params["Prompt"] == "a red fox <lora:pixel_art:0.5>" and params["Negative prompt"] == "blurry"
+    assert params["Sampler"] == "Euler" and params["Schedule type"] == "Karras" and params["Seed"] == "12"
+    assert r["reproduce"]["source"] == "InvokeAI" and not r["reproduce"]["exact"]
+    differences = "\n".join(r["reproduce"]["differences"])
+    assert "checkpoint juggernaut is not among your models" in differences
+    assert "LoRA pixel_art is not among your LoRAs" in differences
+
+
 @pytest.mark.parametrize("image, status", [
     ("not base64 at all!", 422),
     (base64.b64encode(b"hello, not an image").decode(), 422),

@@ -329,3 +329,53 @@ def test_loras_merge_into_the_weights_unless_told_not_to(tmp_path, flags, merged
         assert services.engine.networks.fuse is merged
     finally:
         services.close()
+
+
+def test_pnginfo_reads_a_comfyui_image_and_selects_local_models(ui, tmp_path):
+    """Another tool's image in PNG Info: the reproduce summary is shown, and "Send to" selects the
+    checkpoint it names and renames its LoRA (found by A1111's hash under another name) to the local file."""
+    import json
+
+    import torch
+    from PIL import Image, PngImagePlugin
+    from safetensors.torch import save_file
+
+    from pipelines.models.hashing import addnet_hash_safetensors
+
+    lora_dir = ui.services.paths.dirs("lora")[0]
+    lora_dir.mkdir(parents=True, exist_ok=True)
+    save_file({"lora_unet_x.lora_down.weight": torch.zeros(1, 1)}, str(lora_dir / "local_lora.safetensors"))
+    digest = addnet_hash_safetensors(lora_dir / "local_lora.safetensors")[:12]
+    text = (f"a lighthouse <lora:their_lora:0.5>\nNegative prompt: fog\nSteps: 9, Sampler: Euler, CFG scale: 5, "
+            f"Seed: 31, Size: 64x64, Model: tiny-sd1, Lora hashes: \"their_lora: {digest}\"")
+    path = tmp_path / "a1111.png"
+    write_png = PngImagePlugin.PngInfo()
+    write_png.add_text("parameters", text)
+    Image.new("RGB", (64, 64)).save(path, pnginfo=write_png)
+    png = ui.tab_objects["pnginfo"]
+    target = ui.paste.targets["txt2img"]
+    html, _, sent, *_ = png._read(str(path))
+    assert "Reproducible here" in html
+    _, ckpt, *updates = png.send(sent, target)
+    by_name = dict(zip(target.fields, updates))
+    assert ckpt["value"] == "tiny-sd1"
+    assert by_name["prompt"]["value"] == "a lighthouse <lora:local_lora:0.5>"
+
+    graph = {"3": {"class_type": "KSampler", "inputs": {
+                 "seed": 5, "steps": 3, "cfg": 6, "sampler_name": "euler_cfg_pp", "scheduler": "karras", "denoise": 1,
+                 "model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["5", 0]}},
+             "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny-sd1"}},
+             "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+             "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red boat", "clip": ["4", 1]}},
+             "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["4", 1]}}}
+    comfy = PngImagePlugin.PngInfo()
+    comfy.add_text("prompt", json.dumps(graph))
+    path = tmp_path / "comfy.png"
+    Image.new("RGB", (64, 64)).save(path, pnginfo=comfy)
+    html, _, sent, *_ = png._read(str(path))
+    assert "made with ComfyUI" in html and "euler_cfg_pp" in html
+    _, ckpt, *updates = png.send(sent, target)
+    by_name = dict(zip(target.fields, updates))
+    assert ckpt["value"] == "tiny-sd1"
+    assert by_name["prompt"]["value"] == "a red boat" and by_name["seed"]["value"] == 5
+    assert by_name["sampler_name"]["value"] == "Euler" and by_name["scheduler"]["value"] == "Karras"

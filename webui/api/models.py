@@ -152,6 +152,11 @@ class PNGInfoResponse(BaseModel):
     info: str = Field(title="Image info", description="The infotext (generation parameters) of the image")
     items: dict = Field(title="Items", description="The other metadata items the image had")
     parameters: dict = Field(title="Parameters", description="The infotext parsed into fields")
+    reproduce: Optional[dict] = Field(
+        default=None, title="Reproduce",
+        description="How to make the image again here: source (the tool that made it, null for A1111/Forge), "
+                    "exact, checkpoint and vae (local names found by name or hash), differences (missing models, "
+                    "unsupported fields, samplers without an exact counterpart), infotext (with local names)")
 
 
 class ProgressResponse(BaseModel):

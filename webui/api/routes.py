@@ -276,15 +276,22 @@ def create_api_router(services, access=None) -> APIRouter:
     # ------------------------------------------------------------------ images
     @route("/png-info", ["POST"], response_model=M.PNGInfoResponse)
     async def png_info(body: M.PNGInfoRequest):
-        from pipelines.images.metadata import read_infotext
+        from pipelines.images.metadata import read_image_parameters
+        from pipelines.images.reproduce import plan_reproduction
         from pipelines.params.infotext import parse_infotext
 
         def read():
             raw = decode_base64(body.image, "image")
-            return read_infotext(open_image(raw, "image"))
+            found = read_image_parameters(open_image(raw, "image"))
+            plan = None
+            if found.infotext:   # the image's models among ours, and what will differ
+                plan = plan_reproduction(found.infotext, services.registry, getattr(services.engine, "networks", None),
+                                         source=found.source, notes=found.notes,
+                                         extra_params=services.engine.hooks.params)
+            return found.infotext, found.items, plan
 
         try:
-            text, items = await run_in_threadpool(read)
+            text, items, plan = await run_in_threadpool(read)
         except Exception as err:
             raise http_error(err) from None
         items = {k: v for k, v in items.items() if k != "parameters"}
@@ -292,7 +299,8 @@ def create_api_router(services, access=None) -> APIRouter:
         if text:
             parsed = parse_infotext(text)
             parameters = {"Prompt": parsed.prompt, "Negative prompt": parsed.negative_prompt, **parsed.params}
-        return {"info": text or "", "items": items, "parameters": parameters}
+        return {"info": text or "", "items": items, "parameters": parameters,
+                "reproduce": plan.as_dict() if plan else None}
 
     @route("/interrogate", ["POST"], response_model=M.InterrogateResponse,
            responses={501: {"description": "model not available in this build"}})

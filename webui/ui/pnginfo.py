@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from pipelines.core.errors import UserError
+from pipelines.images.reproduce import is_info_only, plan_reproduction
 from pipelines.params.infotext import parse_infotext
 from pipelines.params.declarations import request_values_from_infotext
 
@@ -25,14 +26,37 @@ ABSENT_DEFAULTS = {"enable_hr": False, "subseed_strength": 0.0, "clip_skip": 1, 
 
 
 def read_image_info(path: str | None) -> tuple[str | None, dict[str, str]]:
-    from pipelines.images.metadata import read_infotext
+    found = read_image_parameters(path)
+    return found.infotext, found.items
+
+
+def read_image_parameters(path: str | None):
+    """The image's parameters (A1111 infotext, or another tool's metadata converted) with the raw items."""
+    from pipelines.images.metadata import ImageParameters, read_image_parameters as read
 
     if not path:
-        return None, {}
+        return ImageParameters(None, {})
     try:
-        return read_infotext(path)
+        return read(path)
     except (OSError, ValueError) as err:
         raise UserError(f"could not read this image's metadata: {err}") from None
+
+
+def reproduction(ctx: "UIContext", text: str, source: str | None = None, notes=()):
+    """The image's models among the user's files and what will differ (pipelines.images.reproduce)."""
+    services = ctx.services
+    engine = services.engine
+    return plan_reproduction(text, services.registry, getattr(engine, "networks", None), source=source,
+                             notes=notes, extra_params=engine.hooks.params)
+
+
+def reproduce_html(plan) -> str:
+    if plan is None:
+        return ""
+    head, *items = plan.summary().split("\n- ")
+    rows = "".join(f"<li>{html.escape(item)}</li>" for item in items)
+    return (f"<div class='pnginfo-reproduce' id='pnginfo_reproduce'><p>{html.escape(head)}</p>"
+            f"{f'<ul>{rows}</ul>' if rows else ''}</div>")
 
 
 def infotext_html(text: str | None) -> str:
@@ -62,14 +86,6 @@ def paste_values(text: str, fields: dict[str, Any], extra_params=()) -> tuple[di
     return values, unknown
 
 
-# Infotext keys that describe the image rather than set a field: never reported as "not applied".
-INFO_ONLY = ("Model hash", "VAE hash", "Lora hashes", "TI hashes", "Version", "Hashes")
-
-
-def is_info_only(key: str) -> bool:
-    return key in INFO_ONLY or key.startswith("ControlNet")
-
-
 def paste_updates(ctx: "UIContext", target: PasteTarget, text: str | None, image: str | None = None, *,
                   with_image: bool = True) -> tuple:
     """Updates for `ctx.paste_outputs(target, with_image)`: the tab selected, the checkpoint named by the
@@ -95,6 +111,7 @@ def paste_updates(ctx: "UIContext", target: PasteTarget, text: str | None, image
 
 
 def _field_updates(ctx: "UIContext", target: PasteTarget, text: str):
+    text = reproduction(ctx, text).infotext     # the image's checkpoint and LoRAs under their names here
     values, unknown = paste_values(text, target.fields, ctx.services.engine.hooks.params)
     styles_db = getattr(ctx.services, "styles", None)
     if "styles" in target.fields and styles_db is not None and values.get("prompt") is not None:
@@ -148,12 +165,14 @@ class PngInfoTab:
 
     def _read(self, path: str | None):
         with errors_to_ui():
-            text, raw = read_image_info(path)
+            found = read_image_parameters(path)
+            text, raw = found.infotext, found.items
+            plan = reproduction(self.ctx, text, found.source, found.notes) if text else None
         has = bool(text)
         buttons = [gr.update(interactive=has) for _ in self.send_buttons]
         if not path:
             return "", None, "", *buttons
-        return infotext_html(text), raw, text or "", *buttons
+        return infotext_html(text) + reproduce_html(plan), raw, text or "", *buttons
 
     def wire(self) -> None:
         """Connect the send-to buttons to the tabs that exist (called once every tab is built)."""
