@@ -30,6 +30,7 @@ from ..images.outputs import OutputSaver
 from ..params.declarations import GenerationRequest
 from .preview import approx_rgb
 from ..prompts.extras import PromptJob, prompt_job
+from .. import upscale
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,8 @@ class Engine:
             registry = manager.registry
             networks = NetworkManager(registry.paths, hashes=registry.hashes, hashing=registry.hashing)
         self.networks = networks
+        # Upscalers of the models folders (models/ESRGAN, RealESRGAN, SwinIR, DAT): hires fix and the Extras tab.
+        self.upscalers = upscale.from_paths(manager.registry.paths, manager.policy)
 
     # ------------------------------------------------------------------ public
     def txt2img(self, req: GenerationRequest, control: JobControl | None = None, *, save: bool = True,
@@ -406,17 +409,12 @@ class Engine:
         w, h = size
         pipe = self._mode_pipeline("img2img", cn)
         # 9-channel inpainting UNets need a real image (+ mask) for the second pass: upscale in pixels.
-        if req.hr_upscaler.startswith("Latent") and not loaded.arch.inpaint:
-            mode = {"Latent": "bilinear", "Latent (nearest)": "nearest", "Latent (nearest-exact)": "nearest-exact",
-                    "Latent (bicubic)": "bicubic"}[req.hr_upscaler]
+        if req.hr_upscaler in upscale.LATENT_MODES and not loaded.arch.inpaint:
             factor = pipe.vae_scale_factor
-            image = torch.nn.functional.interpolate(latents.float(), size=(h // factor, w // factor),
-                                                    mode=mode).to(latents.dtype)
-        else:
-            from PIL import Image
-
-            resample = Image.NEAREST if req.hr_upscaler == "Nearest" else Image.LANCZOS
-            image = [im.resize((w, h), resample) for im in self._decode(pipe, latents)]
+            image = upscale.latent_resize(latents, w // factor, h // factor, req.hr_upscaler)
+        else:  # Lanczos, Nearest, None (= Lanczos) or a model upscaler (pipelines.upscale), as A1111's resize_image
+            image = [self.upscalers.resize(im, w, h, req.hr_upscaler, field="hr_upscaler")
+                     for im in self._decode(pipe, latents)]
         if steps < 1:  # denoising strength 0: upscale only
             return image if isinstance(image, torch.Tensor) else _encode_images(pipe, image)
         total = _hires_total(loaded, steps, req.denoising_strength)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -21,7 +22,25 @@ MAX_PIXELS = 2048 * 2048
 SEED_MAX = 2**32 - 1
 PROMPT_MAX_CHARS = 20_000
 MAX_STYLES = 64
-HIRES_UPSCALERS = ("Latent", "Latent (nearest)", "Latent (nearest-exact)", "Latent (bicubic)", "Lanczos", "Nearest")
+HIRES_UPSCALERS = ("Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)",
+                   "Latent (nearest)", "Latent (nearest-exact)", "None", "Lanczos", "Nearest")
+# Model upscalers (pipelines.upscale, above the parameters in the layering) hand their names down here when they are
+# created; weak references, so a discarded set of upscalers stops counting.
+_UPSCALER_NAME_SOURCES: list[weakref.WeakMethod] = []
+
+
+def register_upscaler_names(names: Callable[[], Iterable[str]]) -> None:
+    """`names` (a bound method) lists upscaler names hr_upscaler accepts besides HIRES_UPSCALERS."""
+    _UPSCALER_NAME_SOURCES[:] = [w for w in _UPSCALER_NAME_SOURCES if w() is not None] + [weakref.WeakMethod(names)]
+
+
+def hires_upscalers() -> list[str]:
+    """hr_upscaler's choices: A1111's latent modes and built-ins, then the model upscalers found."""
+    out = list(HIRES_UPSCALERS)
+    for ref in list(_UPSCALER_NAME_SOURCES):
+        fn = ref()
+        out += [n for n in (fn() if fn is not None else ()) if n not in out]
+    return out
 
 
 @dataclass(frozen=True)
@@ -182,7 +201,7 @@ PARAMS: tuple[Param, ...] = (
     Param("n_iter", int, 1, "Batch count", None, 1, 100, 1, group="batch"),
     Param("enable_hr", bool, False, "Hires. fix", None, group="hires", widget="checkbox", modes=("txt2img",)),
     Param("hr_scale", float, 2.0, "Upscale by", "Hires upscale", 1.0, 4.0, 0.05, group="hires", modes=("txt2img",)),
-    Param("hr_upscaler", str, "Latent", "Upscaler", "Hires upscaler", choices=HIRES_UPSCALERS, widget="dropdown",
+    Param("hr_upscaler", str, "Latent", "Upscaler", "Hires upscaler", choices=hires_upscalers, widget="dropdown",
           group="hires", modes=("txt2img",)),
     Param("hr_second_pass_steps", int, 0, "Hires steps", "Hires steps", 0, 150, 1, group="hires",
           modes=("txt2img",), doc="0 = same as sampling steps"),

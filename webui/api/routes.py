@@ -6,7 +6,7 @@ Existing A1111 clients (the `webuiapi` package, Krita plugins, bots) work unchan
 names and response shapes are A1111's (and sd-webui-controlnet's: `alwayson_scripts.controlnet` units,
 `/controlnet/model_list`, `/controlnet/module_list`). Generation, model switches and interrogation are
 jobs on the one queue the UI uses (`services.queue`); the handlers wait for their job without holding a
-thread. Features this build lacks answer with empty lists (upscaler models, face restorers, hypernetworks,
+thread. Features this build lacks answer with empty lists (face restorers, hypernetworks,
 selectable scripts) or 501 (deepdanbooru).
 
 Modules: `api_models` (pydantic schemas; the generation request schema is generated from
@@ -33,9 +33,8 @@ from fastapi.routing import APIRoute
 
 from pipelines.generate import samplers
 from pipelines.core.errors import Interrupted, ParameterError, UserError
-from pipelines.params.declarations import HIRES_UPSCALERS
 
-from . import models as M
+from . import extras, models as M
 from .generation import (
     NotAvailable, NotFound, PreparedRequest, empty_result, encode_images, info_json, job_function, prepare,
 )
@@ -446,15 +445,7 @@ def create_api_router(services, access=None) -> APIRouter:
     def get_sd_vae():
         return [{"model_name": m.name, "filename": str(m.path)} for m in registry.vaes]
 
-    @route("/upscalers", ["GET"], response_model=list[M.UpscalerItem])
-    def get_upscalers():
-        names = ["None"] + [u for u in HIRES_UPSCALERS if not u.startswith("Latent")]
-        return [{"name": n, "model_name": None, "model_path": None, "model_url": None,
-                 "scale": None if n == "None" else 4.0} for n in names]
-
-    @route("/latent-upscale-modes", ["GET"], response_model=list[M.LatentUpscalerModeItem])
-    def get_latent_upscale_modes():
-        return [{"name": u} for u in HIRES_UPSCALERS if u.startswith("Latent")]
+    extras.add_routes(route, state, http_error)   # /upscalers, /latent-upscale-modes, /extra-*-image(s)
 
     @route("/prompt-styles", ["GET"], response_model=list[M.PromptStyleItem])
     def get_prompt_styles():
