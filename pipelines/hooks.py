@@ -309,18 +309,10 @@ class HookRegistry:
         return params_mod.request_values_from_infotext(pairs, extra_params=self.params)
 
     def infotext(self, req: GenerationRequest, mode: str = "txt2img") -> dict[str, Any]:
-        """The infotext pairs of the extension parameters set in `req.extra` (written like built-in ones:
-        when they differ from the default, unless the Param's `write_if` says otherwise)."""
-        out: dict[str, Any] = {}
+        """The infotext pairs of the extension parameters set in `req.extra`, written by the same rules as the
+        built-in ones (when they differ from the default, unless the Param's `write_if`/`written` say otherwise)."""
         extra = getattr(req, "extra", None) or {}
-        for ep in self._params:
-            p = ep.param
-            if not p.infotext or mode not in p.modes or p.name not in extra:
-                continue
-            value = extra[p.name]
-            if (p.write_if or (lambda v, d: v != d))(value, p.default):
-                out[p.infotext] = p.label_of(value)
-        return out
+        return params_mod.written_pairs([ep.param for ep in self._params], params_mod.ImageContext(req, mode), extra)
 
     # ------------------------------------------------------------------ failures
     def active(self, hook: str) -> bool:

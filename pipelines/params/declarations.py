@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import typing
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -60,6 +61,12 @@ class Param:
     doc: str = ""
     # Infotext: write only when this says so (default: when value differs from default).
     write_if: Callable[[Any, Any], bool] | None = None
+    # Infotext, from the whole image (`ImageContext`: mode, mask, the request's other fields): `written` says
+    # whether the key belongs in this image's infotext at all, `infotext_value` what it says (e.g. the seed
+    # actually used). Two keys `K-1` and `K-2` are written as one pair `K: AxB` (A1111's Size, Hires resize),
+    # which the parser splits back into `K-1`/`K-2`.
+    written: Callable[[ImageContext], bool] | None = None
+    infotext_value: Callable[[ImageContext], Any] | None = None
     aliases: tuple[str, ...] = ()        # other field names accepted on input (legacy API names)
     max_length: int | None = None        # strings: longest accepted value
     # Integer/bool parameters shown and written by name (A1111 radio buttons): labels[value] is the
@@ -77,41 +84,13 @@ class Param:
             return self.labels[int(value)]
         return value
 
-    def convert(self, value: Any) -> Any:
-        """Convert and check one value; raises ParameterError naming the field."""
+    def convert(self, value: Any, *, strict: bool = False) -> Any:
+        """Convert and check one value; raises ParameterError naming the field. `strict`: only a JSON value
+        of the declared type is accepted (no "1" for 1, no "true" for True), as a settings store wants."""
         if value is None:
             return self.default
         try:
-            if self.type is bool:
-                if isinstance(value, str):
-                    low = value.strip().lower()
-                    if low not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
-                        raise ValueError(value)
-                    value = low in ("true", "1", "yes", "on")
-                elif not isinstance(value, (bool, int)):
-                    raise ValueError(value)
-                value = bool(value)
-            elif self.type is int:
-                if isinstance(value, bool):
-                    raise ValueError(value)
-                if isinstance(value, float) and not value.is_integer():
-                    raise ValueError(value)
-                value = int(float(value)) if isinstance(value, str) else int(value)
-            elif self.type is float:
-                if isinstance(value, bool):
-                    raise ValueError(value)
-                value = float(value)
-                if value != value:  # NaN
-                    raise ValueError(value)
-            elif self.type is str:
-                if not isinstance(value, str):
-                    raise ValueError(value)
-            elif self.type is tuple:  # a list of names (styles); one string is one name
-                if isinstance(value, str):
-                    value = (value,)
-                if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-                    raise ValueError(value)
-                value = tuple(v for v in value if v)
+            value = self._exact(value) if strict else self._coerced(value)
         except (TypeError, ValueError, OverflowError):
             shown = repr(value)
             shown = shown if len(shown) <= 60 else shown[:57] + "..."
@@ -127,6 +106,50 @@ class Param:
         choices = self.choice_list()
         if choices is not None and value not in choices:
             raise ParameterError(self.name, f"{value!r} is not one of: {', '.join(map(str, choices))}")
+        return value
+
+    def _coerced(self, value: Any) -> Any:
+        """A request value of the declared type: form and infotext text ("20", "true") is accepted."""
+        if self.type is bool:
+            if isinstance(value, str):
+                low = value.strip().lower()
+                if low not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+                    raise ValueError(value)
+                value = low in ("true", "1", "yes", "on")
+            elif not isinstance(value, (bool, int)):
+                raise ValueError(value)
+            return bool(value)
+        if self.type is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)
+            return int(float(value)) if isinstance(value, str) else int(value)
+        if self.type is float:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return self._exact(float(value))
+        if self.type is tuple:  # a list of names (styles); one string is one name
+            if isinstance(value, str):
+                value = (value,)
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                raise ValueError(value)
+            return tuple(v for v in value if v)
+        if self.type is str:
+            return self._exact(value)
+        return value   # another type (an extension's parameter): its own code checks it
+
+    def _exact(self, value: Any) -> Any:
+        """A JSON value of exactly the declared type (an integer is a float too); ValueError otherwise."""
+        if isinstance(value, bool) and self.type is not bool:
+            raise ValueError(value)
+        if self.type is float and isinstance(value, (int, float)):
+            value = float(value)
+            if value != value:  # NaN
+                raise ValueError(value)
+            return value
+        if self.type is tuple and isinstance(value, (list, tuple)):
+            return self._coerced(value)
+        if not isinstance(value, self.type) or (self.type is int and isinstance(value, bool)):
+            raise ValueError(value)
         return value
 
 
@@ -146,111 +169,168 @@ def _positive(value, _default) -> bool:
     return value > 0
 
 
+@dataclass(frozen=True)
+class ImageContext:
+    """What an image's infotext is written from: its request and what the job decided."""
+
+    req: GenerationRequest
+    mode: str = "txt2img"
+    masked: bool = False           # img2img with a mask: the inpainting parameters apply
+    seed: int | None = None        # the seed and variation seed actually used (None: the request's)
+    subseed: int | None = None
+    model_name: str | None = None
+    vae_name: str | None = None
+
+
+def _hires(c: ImageContext) -> bool:
+    return c.mode == "txt2img" and c.req.enable_hr
+
+
+def _hires_resized(c: ImageContext) -> bool:
+    return _hires(c) and bool(c.req.hr_resize_x or c.req.hr_resize_y)
+
+
+def _hires_scaled(c: ImageContext) -> bool:
+    return _hires(c) and not (c.req.hr_resize_x or c.req.hr_resize_y)
+
+
+def _denoised(c: ImageContext) -> bool:
+    return c.mode != "txt2img" or c.req.enable_hr   # txt2img denoises only in the hires pass
+
+
+def _varied(c: ImageContext) -> bool:
+    return c.req.subseed_strength > 0
+
+
+def _masked(c: ImageContext) -> bool:
+    return c.masked
+
+
+def _masked_only_area(c: ImageContext) -> bool:
+    return c.masked and c.req.inpaint_full_res
+
+
 RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)")
 MASK_MODES = ("Inpaint masked", "Inpaint not masked")
 MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")
 INPAINT_AREAS = ("Whole picture", "Only masked")
 
 
-PARAMS: tuple[Param, ...] = (
+def param(default: Any, label: str, infotext: str | None = None, minimum: float | None = None,
+          maximum: float | None = None, step: float | None = None, **declaration: Any) -> Any:
+    """A field of GenerationRequest that is a generation parameter; the arguments are those of `Param`
+    after its name and type, which come from the field."""
+    declared = dict(default=default, label=label, infotext=infotext, minimum=minimum, maximum=maximum, step=step,
+                    **declaration)
+    return field(default=default, metadata={"param": declared})
+
+
+@dataclass
+class GenerationRequest:
+    """One generation job. Each field is a generation parameter, declared here once with `param(...)` (the
+    keywords of `Param`): request validation, infotext, presets, options, the UI widgets and the API schema are
+    derived from these fields (`PARAMS`). `extra` holds the values of parameters declared by extensions."""
+
     # Prompts are capped: parsing cost grows with nesting, and no real prompt comes near this.
-    Param("prompt", str, "", "Prompt", widget="textbox", group="prompt", max_length=PROMPT_MAX_CHARS),
-    Param("negative_prompt", str, "", "Negative prompt", widget="textbox", group="prompt",
-          max_length=PROMPT_MAX_CHARS),
+    prompt: str = param("", "Prompt", widget="textbox", group="prompt", max_length=PROMPT_MAX_CHARS)
+    negative_prompt: str = param("", "Negative prompt", widget="textbox", group="prompt",
+        max_length=PROMPT_MAX_CHARS)
     # A1111 API `styles: list[str]`: names in styles.csv, applied in order to both prompts before anything
     # else (pipelines.prompts.styles); the infotext keeps the final prompts, not the names (as A1111).
-    Param("styles", tuple, (), "Styles", widget="multiselect", group="prompt", max_length=MAX_STYLES,
-          doc="names of prompt styles (styles.csv) applied in order; {prompt} in a style marks where the "
-              "prompt goes, else the style text is appended"),
-    Param("steps", int, 20, "Sampling steps", "Steps", 1, 150, 1, group="sampling", write_if=_always),
-    Param("sampler_name", str, "Euler a", "Sampling method", "Sampler", choices=lambda: samplers.SAMPLER_NAMES,
-          widget="dropdown", group="sampling",
-          write_if=_always, aliases=("sampler_index",),
-          doc="A1111 sampler name; old combined names like 'DPM++ 2M Karras' are accepted"),
-    Param("scheduler", str, "Automatic", "Schedule type", "Schedule type", choices=samplers.SCHEDULE_NAMES,
-          widget="dropdown", group="sampling", write_if=_always),
-    Param("cfg_scale", float, 7.0, "CFG Scale", "CFG scale", 0.0, 30.0, 0.5, group="sampling", write_if=_always),
-    Param("seed", int, -1, "Seed", "Seed", -1, SEED_MAX, group="seed", write_if=_always,
-          doc="-1 picks a random seed; image i of a batch uses seed + i"),
-    Param("width", int, 512, "Width", "Size-1", 64, MAX_SIDE, 8, group="size", write_if=_always),
-    Param("height", int, 512, "Height", "Size-2", 64, MAX_SIDE, 8, group="size", write_if=_always),
-    Param("sd_model_checkpoint", str, "", "Checkpoint", "Model", group="model", widget="dropdown",
-          write_if=_nonempty, doc="checkpoint title or name; empty = the active one"),
-    Param("sd_vae", str, "", "VAE", "VAE", group="model", widget="dropdown",
-          doc="empty = keep the current choice; 'Automatic' (sidecar or the checkpoint's own), "
-              "'None' (the checkpoint's own) or a VAE name"),
-    Param("subseed", int, -1, "Variation seed", "Variation seed", -1, SEED_MAX, group="seed"),
-    Param("subseed_strength", float, 0.0, "Variation strength", "Variation seed strength", 0.0, 1.0, 0.01,
-          group="seed"),
-    Param("denoising_strength", float, 0.7, "Denoising strength", "Denoising strength", 0.0, 1.0, 0.01,
-          group="hires", write_if=_always,
-          doc="img2img: steps run = int(steps x strength); txt2img: the hires pass (written only with hires fix)"),
-    Param("vae_type", str, "Full", "VAE type", "VAE type", choices=("Full", "Tiny"), widget="dropdown",
-          group="sampling", doc="Tiny decodes the final image with TAESD (models/VAE-approx/taesd or taesdxl, "
-                                "diffusers format): ~20x cheaper than the full VAE, slightly softer"),
-    Param("cfg_cutoff", float, 1.0, "CFG cut-off", "CFG cut-off", 0.0, 1.0, 0.05, group="sampling",
-          doc="fraction of steps after which classifier-free guidance stops (1 = never); the remaining steps "
-              "run the UNet once instead of twice"),
+    styles: tuple[str, ...] = param((), "Styles", widget="multiselect", group="prompt", max_length=MAX_STYLES,
+        doc="names of prompt styles (styles.csv) applied in order; {prompt} in a style marks where the "
+            "prompt goes, else the style text is appended")
+    steps: int = param(20, "Sampling steps", "Steps", 1, 150, 1, group="sampling", write_if=_always)
+    sampler_name: str = param("Euler a", "Sampling method", "Sampler", choices=lambda: samplers.SAMPLER_NAMES,
+        widget="dropdown", group="sampling",
+        write_if=_always, aliases=("sampler_index",),
+        doc="A1111 sampler name; old combined names like 'DPM++ 2M Karras' are accepted")
+    scheduler: str = param("Automatic", "Schedule type", "Schedule type", choices=samplers.SCHEDULE_NAMES,
+        widget="dropdown", group="sampling", write_if=_always)
+    cfg_scale: float = param(7.0, "CFG Scale", "CFG scale", 0.0, 30.0, 0.5, group="sampling", write_if=_always)
+    seed: int = param(-1, "Seed", "Seed", -1, SEED_MAX, group="seed", write_if=_always,
+        infotext_value=lambda c: c.req.seed if c.seed is None else c.seed,
+        doc="-1 picks a random seed; image i of a batch uses seed + i")
+    width: int = param(512, "Width", "Size-1", 64, MAX_SIDE, 8, group="size", write_if=_always)
+    height: int = param(512, "Height", "Size-2", 64, MAX_SIDE, 8, group="size", write_if=_always)
+    sd_model_checkpoint: str = param("", "Checkpoint", "Model", group="model", widget="dropdown",
+        write_if=_always, infotext_value=lambda c: c.model_name or c.req.sd_model_checkpoint or None,
+        doc="checkpoint title or name; empty = the active one")
+    sd_vae: str = param("", "VAE", "VAE", group="model", widget="dropdown",
+        write_if=_always, infotext_value=lambda c: c.vae_name,   # the VAE used, whatever was asked
+        doc="empty = keep the current choice; 'Automatic' (sidecar or the checkpoint's own), "
+            "'None' (the checkpoint's own) or a VAE name")
+    subseed: int = param(-1, "Variation seed", "Variation seed", -1, SEED_MAX, group="seed",
+        written=_varied, write_if=_always, infotext_value=lambda c: c.req.subseed if c.subseed is None else c.subseed)
+    subseed_strength: float = param(0.0, "Variation strength", "Variation seed strength", 0.0, 1.0, 0.01,
+        group="seed", written=_varied)
+    denoising_strength: float = param(0.7, "Denoising strength", "Denoising strength", 0.0, 1.0, 0.01,
+        group="hires", write_if=_always, written=_denoised,
+        doc="img2img: steps run = int(steps x strength); txt2img: the hires pass (written only with hires fix)")
+    vae_type: str = param("Full", "VAE type", "VAE type", choices=("Full", "Tiny"), widget="dropdown",
+        group="sampling", doc="Tiny decodes the final image with TAESD (models/VAE-approx/taesd or taesdxl, "
+                              "diffusers format): ~20x cheaper than the full VAE, slightly softer")
+    cfg_cutoff: float = param(1.0, "CFG cut-off", "CFG cut-off", 0.0, 1.0, 0.05, group="sampling",
+        doc="fraction of steps after which classifier-free guidance stops (1 = never); the remaining steps "
+            "run the UNet once instead of twice")
     # The CFG Rescale extension's key (A1111 / Forge infotext), diffusers' guidance_rescale (Lin et al. 2023 §3.4):
     # the guided prediction's std is pulled back toward the conditional one; for v-prediction / zero-SNR models.
-    Param("guidance_rescale", float, 0.0, "CFG Rescale phi", "CFG Rescale phi", 0.0, 1.0, 0.05, group="sampling",
-          doc="0 = off; 0.7 is the paper's value for zero-terminal-SNR v-prediction models (NoobAI-XL v-pred)"),
-    Param("clip_skip", int, 1, "Clip skip", "Clip skip", 1, 12, 1, group="sampling", write_if=_clip_skip_written),
-    Param("eta", float, 0.0, "Eta (DDIM / ancestral noise)", "Eta", 0.0, 1.0, 0.01, group="sampling"),
-    Param("batch_size", int, 1, "Batch size", None, 1, 8, 1, group="batch"),
-    Param("n_iter", int, 1, "Batch count", None, 1, 100, 1, group="batch"),
-    Param("enable_hr", bool, False, "Hires. fix", None, group="hires", widget="checkbox", modes=("txt2img",)),
-    Param("hr_scale", float, 2.0, "Upscale by", "Hires upscale", 1.0, 4.0, 0.05, group="hires", modes=("txt2img",)),
-    Param("hr_upscaler", str, "Latent", "Upscaler", "Hires upscaler", choices=hires_upscalers, widget="dropdown",
-          group="hires", modes=("txt2img",)),
-    Param("hr_second_pass_steps", int, 0, "Hires steps", "Hires steps", 0, 150, 1, group="hires",
-          modes=("txt2img",), doc="0 = same as sampling steps"),
-    Param("hr_resize_x", int, 0, "Resize width to", "Hires resize-1", 0, MAX_SIDE, 8, group="hires",
-          modes=("txt2img",)),
-    Param("hr_resize_y", int, 0, "Resize height to", "Hires resize-2", 0, MAX_SIDE, 8, group="hires",
-          modes=("txt2img",)),
+    guidance_rescale: float = param(0.0, "CFG Rescale phi", "CFG Rescale phi", 0.0, 1.0, 0.05, group="sampling",
+        doc="0 = off; 0.7 is the paper's value for zero-terminal-SNR v-prediction models (NoobAI-XL v-pred)")
+    clip_skip: int = param(1, "Clip skip", "Clip skip", 1, 12, 1, group="sampling", write_if=_clip_skip_written)
+    eta: float = param(0.0, "Eta (DDIM / ancestral noise)", "Eta", 0.0, 1.0, 0.01, group="sampling")
+    batch_size: int = param(1, "Batch size", None, 1, 8, 1, group="batch")
+    n_iter: int = param(1, "Batch count", None, 1, 100, 1, group="batch")
+    enable_hr: bool = param(False, "Hires. fix", None, group="hires", widget="checkbox", modes=("txt2img",))
+    hr_scale: float = param(2.0, "Upscale by", "Hires upscale", 1.0, 4.0, 0.05, group="hires", modes=("txt2img",),
+        written=_hires_scaled, write_if=_always)
+    hr_upscaler: str = param("Latent", "Upscaler", "Hires upscaler", choices=hires_upscalers, widget="dropdown",
+        group="hires", modes=("txt2img",), written=_hires, write_if=_always)
+    hr_second_pass_steps: int = param(0, "Hires steps", "Hires steps", 0, 150, 1, group="hires",
+        modes=("txt2img",), written=_hires, doc="0 = same as sampling steps")
+    hr_resize_x: int = param(0, "Resize width to", "Hires resize-1", 0, MAX_SIDE, 8, group="hires",
+        modes=("txt2img",), written=_hires_resized, write_if=_always)
+    hr_resize_y: int = param(0, "Resize height to", "Hires resize-2", 0, MAX_SIDE, 8, group="hires",
+        modes=("txt2img",), written=_hires_resized, write_if=_always)
     # img2img / inpainting (A1111 API names; infotext keys and labels as A1111 writes them). The "inpaint"
-    # group applies only when a mask is given; infotext_params(masked=...) writes it only then.
-    Param("resize_mode", int, 0, "Resize mode", "Resize mode", 0, 3, 1, widget="radio", group="size",
-          modes=("img2img",), labels=RESIZE_MODES,
-          doc="0 just resize, 1 crop and resize, 2 resize and fill, 3 just resize (latent upscale)"),
-    Param("inpainting_mask_invert", int, 0, "Mask mode", "Mask mode", 0, 1, 1, widget="radio", group="inpaint",
-          modes=("img2img",), labels=MASK_MODES, doc="1 = repaint the black (unmasked) area instead"),
-    Param("mask_blur", int, 4, "Mask blur", "Mask blur", 0, 64, 1, group="inpaint", modes=("img2img",),
-          write_if=_positive, doc="Gaussian blur of the mask edge, pixels"),
-    Param("inpaint_full_res", bool, False, "Inpaint area", "Inpaint area", widget="radio", group="inpaint",
-          modes=("img2img",), labels=INPAINT_AREAS,
-          doc="True = only masked: work on a crop around the mask at full width x height, paste it back"),
-    Param("inpaint_full_res_padding", int, 32, "Only masked padding, pixels", "Masked area padding", 0, 256, 4,
-          group="inpaint", modes=("img2img",), write_if=_always, doc="written only with 'Only masked'"),
-    Param("inpainting_fill", int, 1, "Masked content", "Masked content", 0, 3, 1, widget="radio", group="inpaint",
-          modes=("img2img",), labels=MASKED_CONTENT,
-          doc="what the masked area starts from: 0 fill, 1 original, 2 latent noise, 3 latent nothing"),
-)
+    # group applies only when a mask is given, and is written only then.
+    resize_mode: int = param(0, "Resize mode", "Resize mode", 0, 3, 1, widget="radio", group="size",
+        modes=("img2img",), labels=RESIZE_MODES,
+        doc="0 just resize, 1 crop and resize, 2 resize and fill, 3 just resize (latent upscale)")
+    inpainting_mask_invert: int = param(0, "Mask mode", "Mask mode", 0, 1, 1, widget="radio", group="inpaint",
+        modes=("img2img",), labels=MASK_MODES, written=_masked, doc="1 = repaint the black (unmasked) area instead")
+    mask_blur: int = param(4, "Mask blur", "Mask blur", 0, 64, 1, group="inpaint", modes=("img2img",),
+        write_if=_positive, written=_masked, doc="Gaussian blur of the mask edge, pixels")
+    inpaint_full_res: bool = param(False, "Inpaint area", "Inpaint area", widget="radio", group="inpaint",
+        modes=("img2img",), labels=INPAINT_AREAS, written=_masked,
+        doc="True = only masked: work on a crop around the mask at full width x height, paste it back")
+    inpaint_full_res_padding: int = param(32, "Only masked padding, pixels", "Masked area padding", 0, 256, 4,
+        group="inpaint", modes=("img2img",), write_if=_always, written=_masked_only_area,
+        doc="written only with 'Only masked'")
+    inpainting_fill: int = param(1, "Masked content", "Masked content", 0, 3, 1, widget="radio", group="inpaint",
+        modes=("img2img",), labels=MASKED_CONTENT, written=_masked,
+        doc="what the masked area starts from: 0 fill, 1 original, 2 latent noise, 3 latent nothing")
 
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def replace(self, **changes) -> GenerationRequest:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {p.name: getattr(self, p.name) for p in PARAMS}
+        d.update(self.extra)
+        return d
+
+
+def _declared_params(cls: type) -> tuple[Param, ...]:
+    hints = typing.get_type_hints(cls)
+    return tuple(Param(f.name, typing.get_origin(hints[f.name]) or hints[f.name], **f.metadata["param"])
+                 for f in dataclasses.fields(cls) if "param" in f.metadata)
+
+
+PARAMS: tuple[Param, ...] = _declared_params(GenerationRequest)
 BY_NAME: dict[str, Param] = {p.name: p for p in PARAMS}
 ALIASES: dict[str, str] = {a: p.name for p in PARAMS for a in p.aliases}
-
-
-def _request_replace(self, **changes):
-    return dataclasses.replace(self, **changes)
-
-
-def _request_to_dict(self) -> dict[str, Any]:
-    d = {p.name: getattr(self, p.name) for p in PARAMS}
-    d.update(self.extra)
-    return d
-
-
-# One generation job: a dataclass whose fields are generated from PARAMS (so a parameter is declared
-# once); `extra` holds parameters declared by extensions.
-GenerationRequest = dataclasses.make_dataclass(
-    "GenerationRequest",
-    [(p.name, p.type, field(default=p.default)) for p in PARAMS]
-    + [("extra", dict, field(default_factory=dict))],
-    namespace={"replace": _request_replace, "to_dict": _request_to_dict},
-)
-GenerationRequest.__module__ = __name__
 
 
 def declared_defaults() -> dict[str, Any]:
@@ -329,9 +409,33 @@ def resolve_seed(seed: int) -> int:
 
 # ---------------------------------------------------------------- infotext <-> request
 
-_INFOTEXT_ORDER = ("Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model hash", "Model",
+# A1111's key order: these first, then the other parameters in declaration order, the hires pass last.
+_INFOTEXT_FIRST = ("Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model hash", "Model",
                    "VAE hash", "VAE", "Variation seed", "Variation seed strength", "Denoising strength",
                    "Clip skip", "Eta")
+_INFOTEXT_LAST = ("Hires resize", "Hires upscale", "Hires steps", "Hires upscaler")
+
+
+def written_pairs(params: Iterable[Param], ctx: ImageContext, values: dict[str, Any] | None = None
+                  ) -> dict[str, Any]:
+    """`key: value` of each parameter this image's infotext carries, by the declarations alone
+    (`written`, `write_if`, `infotext_value`); `K-1` + `K-2` become one `K: AxB` pair. `values`: where the
+    parameters' values are (default: the request's fields; extensions' parameters: `req.extra`)."""
+    pairs: dict[str, Any] = {}
+    for p in params:
+        if not p.infotext or ctx.mode not in p.modes or (p.written is not None and not p.written(ctx)):
+            continue
+        if values is not None and p.name not in values:
+            continue
+        value = getattr(ctx.req, p.name) if values is None else values[p.name]
+        if not (p.write_if or (lambda v, d: v != d))(value, p.default):
+            continue
+        pairs[p.infotext] = p.infotext_value(ctx) if p.infotext_value else p.label_of(value)
+    for key in [k for k in pairs if k.endswith("-1")]:
+        pair = key[:-2]
+        first, second = pairs.pop(key), pairs.pop(pair + "-2", None)
+        pairs[pair] = f"{first}x{second}"
+    return pairs
 
 
 def infotext_params(req: GenerationRequest, *, seed: int | None = None, subseed: int | None = None,
@@ -342,45 +446,12 @@ def infotext_params(req: GenerationRequest, *, seed: int | None = None, subseed:
 
     `masked`: img2img with a mask (inpainting); the "inpaint" group is written only then.
     """
-    values = {p.infotext: p.label_of(getattr(req, p.name)) for p in PARAMS if p.infotext and mode in p.modes
-              and (masked or p.group != "inpaint")
-              and (p.write_if or (lambda v, d: v != d))(getattr(req, p.name), p.default)}
-    if not (masked and req.inpaint_full_res):
-        values.pop(BY_NAME["inpaint_full_res_padding"].infotext, None)
-    if seed is not None:
-        values["Seed"] = seed
-    values["Size"] = f"{req.width}x{req.height}"
-    values.pop("Size-1", None)
-    values.pop("Size-2", None)
-    values["Model hash"] = model_hash
-    values["Model"] = model_name or req.sd_model_checkpoint or None
-    values["VAE hash"] = vae_hash
-    values["VAE"] = vae_name
-    if req.subseed_strength > 0:
-        values["Variation seed"] = subseed if subseed is not None else req.subseed
-        values["Variation seed strength"] = req.subseed_strength
-    else:
-        values.pop("Variation seed", None)
-        values.pop("Variation seed strength", None)
-    hires_keys = {BY_NAME[n].infotext for n in ("hr_scale", "hr_upscaler", "hr_second_pass_steps",
-                                                "hr_resize_x", "hr_resize_y")}
-    for k in hires_keys:
-        values.pop(k, None)
-    if mode == "txt2img":
-        if req.enable_hr:
-            values["Denoising strength"] = req.denoising_strength
-        else:
-            values.pop("Denoising strength", None)
-    ordered = {k: values[k] for k in _INFOTEXT_ORDER if k in values}
-    ordered.update({k: v for k, v in values.items() if k not in ordered})
-    if mode == "txt2img" and req.enable_hr:
-        if req.hr_resize_x or req.hr_resize_y:
-            ordered["Hires resize"] = f"{req.hr_resize_x}x{req.hr_resize_y}"
-        else:
-            ordered["Hires upscale"] = req.hr_scale
-        if req.hr_second_pass_steps:
-            ordered["Hires steps"] = req.hr_second_pass_steps
-        ordered["Hires upscaler"] = req.hr_upscaler
+    ctx = ImageContext(req, mode, masked, seed, subseed, model_name, vae_name)
+    values = written_pairs(PARAMS, ctx)
+    values.update({"Model hash": model_hash, "VAE hash": vae_hash})   # facts of the files, not parameters
+    ordered = {k: values[k] for k in _INFOTEXT_FIRST if k in values}
+    ordered.update({k: v for k, v in values.items() if k not in ordered and k not in _INFOTEXT_LAST})
+    ordered.update({k: values[k] for k in _INFOTEXT_LAST if k in values})
     if extra:
         ordered.update(extra)
     return {k: v for k, v in ordered.items() if v is not None}
@@ -396,8 +467,6 @@ def request_values_from_infotext(params: dict[str, str], extra_params: Iterable[
     """
     by_key = {p.infotext: p for p in extra_params if p.infotext}
     by_key.update({p.infotext: p for p in PARAMS if p.infotext})
-    by_key["Hires resize-1"] = BY_NAME["hr_resize_x"]
-    by_key["Hires resize-2"] = BY_NAME["hr_resize_y"]
     known: dict[str, Any] = {}
     unknown: dict[str, str] = {}
     params = _split_combined_sampler(dict(params))

@@ -9,9 +9,8 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from pipelines.params.declarations import BY_NAME, PARAMS, Param
+from pipelines.params.declarations import PARAMS, Param
 
-MAX_STYLES = 64
 MAX_INIT_IMAGES = 16
 MAX_SCRIPT_ARGS = 256
 
@@ -62,8 +61,6 @@ def param_fields(mode: str, params=PARAMS) -> dict[str, tuple[Any, Any]]:
 
 def _common_api_fields() -> dict[str, tuple[Any, Any]]:
     return {
-        "styles": (Optional[list[str]], Field(default=None, max_length=MAX_STYLES,
-                                              description="names of saved prompt styles to apply")),
         "override_settings": (Optional[dict[str, Any]], Field(
             default=None, description="options applied for this request only: sd_model_checkpoint, sd_vae, "
                                       "CLIP_stop_at_last_layers (see GET /sdapi/v1/options)")),
@@ -83,27 +80,18 @@ def _common_api_fields() -> dict[str, tuple[Any, Any]]:
 
 
 def _img2img_fields() -> dict[str, tuple[Any, Any]]:
-    """A1111's img2img/inpaint request fields that are not (yet) declared parameters."""
-    own: dict[str, tuple[Any, Any]] = {
+    """A1111's img2img/inpaint request fields that are not generation parameters (those, such as resize_mode,
+    mask_blur or inpaint_full_res, come from the declarations with everything else)."""
+    return {
         "init_images": (Optional[list[str]], Field(default=None, max_length=MAX_INIT_IMAGES,
                                                    description="base64 images (data: URLs accepted)")),
         "mask": (Optional[str], Field(default=None, description="base64 mask: white = repaint")),
-        "resize_mode": (Optional[int], Field(default=0, ge=0, le=3, description="0 just resize, 1 crop and "
-                                                                                  "resize, 2 resize and fill, 3 latent")),
-        "mask_blur": (Optional[int], Field(default=4, ge=0, le=64)),
         "mask_blur_x": (Optional[int], Field(default=None, ge=0, le=64)),
         "mask_blur_y": (Optional[int], Field(default=None, ge=0, le=64)),
-        "inpainting_fill": (Optional[int], Field(default=1, ge=0, le=3, description="masked content: 0 fill, "
-                                                                                      "1 original, 2 latent noise, "
-                                                                                      "3 latent nothing")),
-        "inpaint_full_res": (Optional[bool], Field(default=True, description="inpaint area: only masked")),
-        "inpaint_full_res_padding": (Optional[int], Field(default=32, ge=0, le=256)),
-        "inpainting_mask_invert": (Optional[int], Field(default=0, ge=0, le=1)),
         "initial_noise_multiplier": (Optional[float], Field(default=None, ge=0, le=2, allow_inf_nan=False)),
         "image_cfg_scale": (Optional[float], Field(default=None, ge=0, le=30, allow_inf_nan=False)),
         "include_init_images": (Optional[bool], Field(default=False)),
     }
-    return {k: v for k, v in own.items() if k not in BY_NAME}
 
 
 def _generation_model(name: str, mode: str, extra: dict[str, tuple[Any, Any]], params=PARAMS) -> type[BaseModel]:
@@ -125,7 +113,7 @@ def request_models(params) -> tuple[type[BaseModel], type[BaseModel]]:
                               {**_img2img_fields(), **_common_api_fields()}, params))
 
 
-API_ONLY_FIELDS = frozenset(k for k in (*_common_api_fields(), *_img2img_fields()) if k not in BY_NAME)
+API_ONLY_FIELDS = frozenset({**_common_api_fields(), **_img2img_fields()})
 
 
 class GenerationResponse(BaseModel):

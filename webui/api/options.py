@@ -8,6 +8,7 @@ output format and folders (always inside --outdir), live preview rate, the defau
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import re
@@ -20,6 +21,7 @@ from pydantic import ConfigDict, Field, create_model
 
 from pipelines.core.fileio import atomic_write
 from pipelines.core.errors import ParameterError
+from pipelines.params.declarations import Param
 from pipelines.images.metadata import FORMATS
 
 log = logging.getLogger(__name__)
@@ -41,26 +43,14 @@ class Option:
     readonly: bool = False
     outdir: str | None = None        # output kind (folder under --outdir) this option redirects
 
+    @functools.cached_property
+    def param(self) -> Param:
+        """The option as a parameter declaration: checked by the same code as a generation parameter."""
+        return Param(self.key, self.type, self.default, self.label, minimum=self.minimum, maximum=self.maximum,
+                     choices=self.choices, max_length=self.max_length if self.type is str else None)
+
     def convert(self, value: Any) -> Any:
-        if value is None:
-            return self.default
-        ok = {bool: lambda v: isinstance(v, bool),
-              int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-              float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v == v,
-              str: lambda v: isinstance(v, str)}[self.type]
-        if not ok(value):
-            raise ParameterError(self.key, f"expected {self.type.__name__}, got {value!r:.60}")
-        if self.type is float:
-            value = float(value)
-        if self.minimum is not None and value < self.minimum:
-            raise ParameterError(self.key, f"{value} is below the minimum {self.minimum:g}")
-        if self.maximum is not None and value > self.maximum:
-            raise ParameterError(self.key, f"{value} is above the maximum {self.maximum:g}")
-        if self.type is str and self.max_length is not None and len(value) > self.max_length:
-            raise ParameterError(self.key, f"longer than {self.max_length} characters")
-        if self.choices is not None and value not in self.choices:
-            raise ParameterError(self.key, f"{value!r} is not one of: {', '.join(self.choices)}")
-        return value
+        return self.param.convert(value, strict=True)   # a settings file holds JSON values, never "1" for 1
 
 
 def _outdir(key: str, kind: str, label: str) -> Option:
