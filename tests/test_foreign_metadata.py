@@ -265,3 +265,27 @@ def test_converted_parameters_fill_the_request_fields(tmp_path):
     assert (known["seed"], known["steps"], known["cfg_scale"]) == (77, 9, 4.5)
     assert (known["width"], known["height"]) == (512, 768)
     assert known["sd_model_checkpoint"] == "v1-5-pruned-emaonly"
+
+
+def test_swarmui_parameters_json(tmp_path):
+    meta = {"sui_image_params": {
+        "prompt": "a 30 year old woman, portrait", "negativeprompt": "cartoon", "model": "Flux/flux1-dev-fp8",
+        "seed": 2042464333, "steps": 25, "cfgscale": 1.0, "aspectratio": "Custom", "width": 512, "height": 768,
+        "sampler": "euler", "scheduler": "normal", "vae": "ae.sft", "loras": ["detail"], "loraweights": ["0.8"],
+        "swarm_version": "0.9.1.1", "date": "2024-08-07"},
+        "sui_models": [{"name": "Flux/flux1-dev-fp8.safetensors", "param": "model",
+                        "hash": "0x31e35c80fc4829d14f90153f4c74cd59c90b779f6afe05a74cd6120b893f7e5b"}]}
+    prompt, negative, params = _fields(_png(tmp_path / "s.png", parameters=meta))
+    assert (prompt, negative) == ("a 30 year old woman, portrait <lora:detail:0.8>", "cartoon")
+    assert params["Seed"] == "2042464333" and params["Steps"] == "25" and params["CFG scale"] == "1"
+    assert params["Sampler"] == "Euler" and params["Size"] == "512x768"
+    assert params["Model"] == "flux1-dev-fp8" and params["Model hash"] == "31e35c80fc" and params["VAE"] == "ae"
+
+
+def test_novelai_v4_negative_caption(tmp_path):
+    comment = {"prompt": "2girls", "steps": 23, "scale": 5, "seed": 1, "sampler": "k_euler_ancestral",
+               "width": 832, "height": 1216, "v4_negative_prompt": {"caption": {"base_caption": "blurry",
+                                                                                "char_captions": []}}}
+    _, negative, params = _fields(_png(tmp_path / "n4.png", Description="2girls", Software="NovelAI",
+                                       Comment=comment))
+    assert negative == "blurry" and params["Sampler"] == "Euler a"

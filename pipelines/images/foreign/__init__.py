@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
-from . import comfyui, fooocus, invokeai, novelai
+from . import comfyui, fooocus, invokeai, novelai, swarmui
 from .common import ForeignParameters
 
 __all__ = ["READERS", "ForeignParameters", "read_foreign"]
@@ -19,11 +19,14 @@ log = logging.getLogger(__name__)
 
 Reader = Callable[[dict[str, Any], tuple[int, int]], "ForeignParameters | None"]
 
+# Readers of a JSON `parameters` chunk first: like an A1111 infotext, it is what the tool means to share
+# (a SwarmUI image may also carry the ComfyUI graph it ran).
 READERS: tuple[tuple[str, Reader], ...] = (
+    ("Fooocus", fooocus.read),
+    ("SwarmUI", swarmui.read),
     ("ComfyUI", comfyui.read),
     ("InvokeAI", invokeai.read),
     ("NovelAI", novelai.read),
-    ("Fooocus", fooocus.read),
 )
 
 

@@ -23,7 +23,9 @@ def read(items: dict[str, Any], size: tuple[int, int]) -> ForeignParameters | No
         return None
     out = ForeignParameters("NovelAI")
     out.prompt = str(items.get("Description") or info.get("prompt") or "")
-    out.negative_prompt = str(info.get("uc") or "")
+    # V4 models keep the negative prompt in a caption structure; "uc" is the older key.
+    v4_negative = (info.get("v4_negative_prompt") or {}).get("caption") or {}
+    out.negative_prompt = str(info.get("uc") or v4_negative.get("base_caption") or "")
     steps = number(info.get("steps"))
     out.params["Steps"] = int(steps) if steps is not None else None
     kdiff_sampler(out, info.get("sampler") or "k_euler_ancestral")
