@@ -254,6 +254,14 @@ def test_malformed_foreign_metadata_reads_nothing(tmp_path):
     text, items = read_infotext(path)
     assert text is not None and "Steps" not in parse_infotext(text).params   # nothing made up
     assert "invokeai_metadata" in items
+    # A graph whose links loop, and JSON nested deeper than the parser's recursion limit.
+    loop = comfy_default_prompt(positive=["20", 0])
+    loop["20"] = {"class_type": "ConditioningCombine", "inputs": {"conditioning_1": ["21", 0],
+                                                                  "conditioning_2": ["6", 0]}}
+    loop["21"] = {"class_type": "ConditioningCombine", "inputs": {"conditioning_1": ["20", 0]}}
+    assert _fields(_png(tmp_path / "loop.png", prompt=loop))[0] == "masterpiece best quality girl"
+    deep = "{" + '"a":[' * 100000 + "]" * 100000 + "}"
+    assert read_infotext(_png(tmp_path / "deep.png", prompt=deep, parameters=deep))[0] is None
 
 
 def test_converted_parameters_fill_the_request_fields(tmp_path):

@@ -148,6 +148,6 @@ def json_object(text: Any) -> dict | None:
         return None
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):   # RecursionError: hostile nesting depth
         return None
     return value if isinstance(value, dict) else None
