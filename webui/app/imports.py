@@ -33,9 +33,9 @@ def _class_names() -> set[str]:
     names |= set(getattr(loading, "_PIPELINE_CLASSES", {}).values())
     names |= set(getattr(manager, "_MODE_CLASSES", {}).values())
     try:
-        from pipelines.controlnet import models as controlnet_models
+        from pipelines.controlnet import pipeline as controlnet_pipeline
 
-        names |= set(getattr(controlnet_models, "_CONTROLNET_PIPELINES", {}).values())
+        names |= set(getattr(controlnet_pipeline, "_CONTROLNET_PIPELINES", {}).values())
     except ImportError:
         pass
     return names | {"AutoencoderKL", "AutoencoderTiny", "ControlNetModel"}
