@@ -103,3 +103,100 @@ def test_extension_install_from_the_ui_is_refused_without_the_flag(app):
 def test_server_still_serves(app):
     assert requests.get(app.base + "/sdapi/v1/sd-models", timeout=10).status_code == 200
     assert requests.get(app.base + "/", timeout=10).status_code == 200
+
+
+# ------------------------------------------------------------------------------------------ with a password
+
+USER, PASSWORD = "jürgen", "pässwörd-✓"        # UTF-8 credentials: the UI and the API take the same ones
+UTF8_AUTH = (USER.encode(), PASSWORD.encode())    # what curl and browsers send (requests would try Latin-1)
+ROUTE_EXT = '''
+def setup(ext):
+    @ext.app_started
+    def started(app):
+        app.add_api_route("/ext-late/secret", lambda: {"secret": 42}, methods=["GET"])
+    ext.add_api_route("/ext-hook/secret", lambda: {"secret": 43})
+'''
+
+
+@pytest.fixture(scope="module")
+def locked(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("hostile-auth")
+    ext = tmp / "ext" / "late_route"
+    ext.mkdir(parents=True)
+    (ext / "extension.json").write_text(json.dumps({"name": "late route", "version": "1"}))
+    (ext / "main.py").write_text(ROUTE_EXT)
+    flags = ["--ui-debug-mode", "--api", "--listen", "--auth", f"{USER}:{PASSWORD}", "--data-dir", str(tmp),
+             "--outdir", str(tmp / "out"), "--extensions-dir", str(tmp / "ext")]
+    with AppProcess(flags) as running:
+        running.base = running.url.rstrip("/")
+        yield running
+
+
+@pytest.mark.parametrize("path", ["/docs", "/openapi.json", "/sdapi/v1/options", "/ext-late/secret",
+                                  "/ext-hook/secret"])
+def test_everything_is_behind_auth(locked, path):
+    r = requests.get(locked.base + path, timeout=10)
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Basic", (path, r.status_code)
+    assert requests.get(locked.base + path, auth=(USER.encode(), PASSWORD.encode() + b"x"), timeout=10).status_code == 401
+    assert requests.get(locked.base + path, auth=UTF8_AUTH, timeout=10).status_code == 200
+
+
+def test_non_ascii_password_logs_in_to_the_ui(locked):
+    s = requests.Session()
+    s.post(locked.base + "/login", data={"username": USER, "password": PASSWORD}, timeout=10).raise_for_status()
+    assert s.get(locked.base + "/config", timeout=10).status_code == 200
+
+
+def test_password_guessing_is_rate_limited(locked):
+    # the other tests of this module are done: this one locks 127.0.0.1 out for a minute
+    statuses = [requests.post(locked.base + "/login", data={"username": USER, "password": f"guess{i}"},
+                              timeout=10).status_code for i in range(12)]
+    assert statuses[0] in (400, 401) and statuses[-1] == 429, statuses
+    r = requests.get(locked.base + "/sdapi/v1/options", auth=UTF8_AUTH, timeout=10)
+    assert r.status_code == 429 and int(r.headers["retry-after"]) > 0       # even the right password, for now
+
+
+def test_api_auth_alone_also_protects_the_ui_programmatic_endpoints(tmp_path):
+    """--api-auth without --auth: the UI page stays open, but gradio_api/call/* is an API like /sdapi/v1."""
+    from types import SimpleNamespace
+
+    import gradio as gr
+    from fastapi.testclient import TestClient
+
+    from webui.app.auth import access_control
+    from webui.app.cli import parse_args
+    from webui.app.server import create_app
+
+    with gr.Blocks() as demo:
+        box = gr.Textbox()
+        box.submit(lambda text: text.upper(), box, box, api_name="shout")
+    args = parse_args(["--api-auth", f"{USER}:{PASSWORD}", "--data-dir", str(tmp_path)])
+    services = SimpleNamespace(args=args, engine=SimpleNamespace(hooks=None), saver=SimpleNamespace(root=tmp_path))
+    with TestClient(create_app(services, access_control(args), demo), base_url="http://127.0.0.1") as client:
+        assert client.get("/config").status_code == 200
+        assert client.post("/gradio_api/call/shout", json={"data": ["hi"]}).status_code == 401
+        r = client.post("/gradio_api/call/shout", json={"data": ["hi"]}, auth=UTF8_AUTH)
+        assert r.status_code == 200 and r.json()["event_id"]
+
+
+def test_presets_and_styles_are_read_only_when_exposed(tmp_path):
+    from pipelines.core.errors import UserError
+    from pipelines.params.presets import PRESETS_DIR
+    from webui.app.cli import parse_args
+    from webui.app.services import ReadOnlyPresetStore, ReadOnlyStyleDatabase, writes_allowed
+
+    assert not writes_allowed(parse_args(["--listen"])) and not writes_allowed(parse_args(["--share"]))
+    assert writes_allowed(parse_args([])) and writes_allowed(parse_args(["--listen", "--enable-insecure-extension-access"]))
+    shipped = sorted(p.read_bytes() for p in PRESETS_DIR.glob("*.json"))
+    store = ReadOnlyPresetStore(PRESETS_DIR)
+    name = store.presets()[0].name
+    for write in (lambda: store.delete(name), lambda: store.save(name, {"steps": 3}), store.reset_defaults):
+        with pytest.raises(UserError, match="--enable-insecure-extension-access"):
+            write()
+    assert sorted(p.read_bytes() for p in PRESETS_DIR.glob("*.json")) == shipped
+    csv = tmp_path / "styles.csv"
+    csv.write_text("name,prompt,negative_prompt\nfox,a fox,\n", encoding="utf-8")
+    styles = ReadOnlyStyleDatabase(csv)
+    with pytest.raises(UserError, match="--enable-insecure-extension-access"):
+        styles.delete("fox")
+    assert styles.names() == ["fox"]

@@ -8,6 +8,8 @@ use HTTP Basic through `AccessControl.api_dependency()`; both check the same `ch
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import hmac
 import secrets
 from dataclasses import dataclass, field
@@ -37,6 +39,25 @@ def parse_credentials(text: str, source: str = "--auth") -> dict[str, str]:
             raise AuthConfigError(f"{source}: entry {entry.split(':')[0]!r}... must be user:password")
         users[user.strip()] = password
     return users
+
+
+def basic_credentials(header: str | None) -> tuple[str, str] | None:
+    """(user, password) from an `Authorization: Basic ...` header. The credentials are decoded as UTF-8
+    (RFC 7617's charset, what curl, requests and browsers send), else Latin-1; FastAPI's HTTPBasic only
+    accepts ASCII, so a non-ASCII password could log in to the UI but never to the API."""
+    scheme, _, param = (header or "").strip().partition(" ")
+    if scheme.lower() != "basic" or not param:
+        return None
+    try:
+        raw = base64.b64decode(param.strip(), validate=True)
+    except (ValueError, binascii.Error):
+        return None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+    user, sep, password = text.partition(":")
+    return (user, password) if sep else None
 
 
 @dataclass
@@ -79,19 +100,18 @@ class AccessControl:
 
     def api_dependency(self):
         """A FastAPI dependency: HTTP Basic against the API credentials, 401 otherwise."""
-        from fastapi import Depends, HTTPException, status
-        from fastapi.security import HTTPBasic, HTTPBasicCredentials
+        from fastapi import HTTPException, Request, status
 
-        basic = HTTPBasic(auto_error=False)
-
-        def require(credentials: HTTPBasicCredentials | None = Depends(basic)) -> str | None:
+        def require(request: Request) -> str | None:
             if not self.api_enabled:
                 return None
-            if credentials is None or not self.check(credentials.username, credentials.password, api=True):
+            credentials = basic_credentials(request.headers.get("authorization"))
+            if credentials is None or not self.check(*credentials, api=True):
                 raise HTTPException(status_code=status.HTTP_401_UNAUTHORIZED, detail="Incorrect username or password",
                                     headers={"WWW-Authenticate": "Basic"})
-            return credentials.username
+            return credentials[0]
 
+        require.__annotations__["request"] = Request   # the class itself: this module's annotations are strings
         return require
 
     def console_notice(self) -> str | None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .auth import AccessControl
+from .authgate import AuthGate
 from .guard import HostOriginGuard, HostPolicy
 from .imports import ImportGate
 from .services import Services
@@ -102,12 +103,23 @@ def create_app(services: Services, access: AccessControl, demo=None, *, api: boo
                             server_port=port or getattr(args, "port", None) or DEFAULT_PORT)
     if hooks is not None:
         hooks.app_started(app)
+        _ui_mount_last(app)
     # Outermost (added last): every route, the UI's and extensions' included, sits behind the Host/Origin checks.
     app.add_middleware(ImportGate)   # engine requests wait for the start-up imports (no half-imported diffusers)
+    app.add_middleware(AuthGate, access=access, router=app.router)   # Basic on every non-UI route, login limit
     policy = HostPolicy.from_args(services.args)
     app.state.host_policy = policy
     app.add_middleware(HostOriginGuard, policy=policy)
     return app
+
+
+def _ui_mount_last(app) -> None:
+    """Routes an extension adds in app_started come after the UI's mount at '/', which would shadow them."""
+    from starlette.routing import Mount
+
+    routes = app.router.routes
+    mounts = [r for r in routes if isinstance(r, Mount) and r.path in ("", "/")]
+    routes[:] = [r for r in routes if r not in mounts] + mounts
 
 
 @dataclass

@@ -158,6 +158,36 @@ class Services:
         self.queue.stop()
 
 
+WRITES_DISABLED = ("Saving and deleting {what} is disabled while the app is reachable from other machines "
+                   "(--listen / --share): start it with --enable-insecure-extension-access to allow it")
+
+
+class ReadOnlyPresetStore(PresetStore):
+    """Presets when exposed without --enable-insecure-extension-access: listed and applied, never written
+    (any logged-in remote user could otherwise delete or overwrite the shipped presets)."""
+
+    def _refuse(self, *args, **kwargs):
+        raise UserError(WRITES_DISABLED.format(what="presets"))
+
+    save = save_defaults = reset_defaults = delete = _refuse
+
+
+class ReadOnlyStyleDatabase(StyleDatabase):
+    """styles.csv under the same rule as the presets."""
+
+    def _refuse(self, *args, **kwargs):
+        raise UserError(WRITES_DISABLED.format(what="styles"))
+
+    set = delete = save = _refuse
+
+
+def writes_allowed(args: argparse.Namespace) -> bool:
+    """Presets and styles may be written from the UI: a local app, or the explicit flag."""
+    from .auth import is_exposed
+
+    return not is_exposed(args) or bool(getattr(args, "enable_insecure_extension_access", False))
+
+
 def create_services(args: argparse.Namespace, *, config_root: Path | None = None) -> Services:
     data = Path(args.data_dir)
     paths = ModelPaths(models_dir=data / "models", ckpt_dirs=list(args.ckpt_dir),
@@ -168,12 +198,13 @@ def create_services(args: argparse.Namespace, *, config_root: Path | None = None
     manager = PipelineManager(registry, policy=policy, cache_size=args.ckpt_cache, config_root=config_root,
                               sd2_prediction=args.sd2_prediction)
     saver = OutputSaver(args.outdir)
-    styles = StyleDatabase(data / "styles.csv")
+    writable = writes_allowed(args)
+    styles = (StyleDatabase if writable else ReadOnlyStyleDatabase)(data / "styles.csv")
     if styles.load_error:
         log.warning("%s", styles.load_error)
     engine = Engine(manager, saver, styles=styles, hooks=HookRegistry())   # extensions register here
     engine.networks.fuse = not args.no_lora_merge
-    presets = PresetStore(PRESETS_DIR, networks=engine.networks)
+    presets = (PresetStore if writable else ReadOnlyPresetStore)(PRESETS_DIR, networks=engine.networks)
     queue = JobQueue(policy.device).start()
     services = Services(args, paths, registry, manager, engine, queue, saver, styles, presets)
     from ..extensions.loader import attach
