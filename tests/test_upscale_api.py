@@ -87,3 +87,26 @@ def test_extras_errors_name_the_field(server):
     assert r.status_code == 501
     r = requests.post(base + "/extra-single-image", json={"image": png, "upscaling_resize": 20}, timeout=60)
     assert r.status_code == 422 and "upscaling_resize" in str(r.json()["detail"])
+
+
+def test_extras_tab_saves_with_postprocessing_parameters(server):
+    gr = pytest.importorskip("gradio")
+    from webui.app.auth import AccessControl
+    from webui.ui.blocks import build_ui
+    from conftest import drain
+
+    _port, services, data = server
+    tab = build_ui(services, AccessControl()).ui_context.tab_objects["extras"]
+    assert "4x-Tiny" in [value for _label, value in tab.upscaler_1.choices]
+    source = image(24, 16)
+    out = drain(tab.run("single", source, None, "", "", True, 1, 2.0, 64, 64, True, "4x-Tiny", "None", 0.0))
+    progress, gallery, info = out[-1]
+    assert "Done: 1 image" in progress and gallery[0].size == (64, 64)
+    assert info == "<p>Postprocess upscale to: 64x64, Postprocess crop to fit: True, Postprocess upscaler: 4x-Tiny</p>"
+    saved = list((data / "outputs" / "extras-images").rglob("*.png"))
+    assert len(saved) == 1 and Image.open(saved[0]).size == (64, 64)
+    assert Image.open(saved[0]).info["parameters"] == info[3:-4]
+    with pytest.raises(gr.Error, match="upload an image"):
+        drain(tab.run("single", None, None, "", "", True, 0, 2.0, 64, 64, True, "Lanczos", "None", 0.0))
+    with pytest.raises(gr.Error, match="upscaler_1"):
+        drain(tab.run("single", source, None, "", "", True, 0, 2.0, 64, 64, True, "nope", "None", 0.0))

@@ -488,6 +488,7 @@ def build_ui(services: Services, access: AccessControl, *, startup_job=None,
              startup_title: str | None = None) -> gr.Blocks:
     """The whole UI. `startup_job` is the initial checkpoint load (the status line follows it); when the
     load is submitted after the UI is up, pass `startup_title` now and set `demo.ui_context.startup_job`."""
+    from .extras import ExtrasTab
     from .history import HistoryTab
     from .img2img import Img2ImgTab
     from .interrogate import InterrogateTab, interrogate_available
@@ -500,7 +501,8 @@ def build_ui(services: Services, access: AccessControl, *, startup_job=None,
         topbar = TopBar(ctx)
         topbar.build()
         with gr.Tabs(elem_id="tabs") as ctx.tabs:
-            tabs: dict[str, Any] = {"txt2img": Txt2ImgTab(ctx), "img2img": Img2ImgTab(ctx), "pnginfo": PngInfoTab(ctx)}
+            tabs: dict[str, Any] = {"txt2img": Txt2ImgTab(ctx), "img2img": Img2ImgTab(ctx), "extras": ExtrasTab(ctx),
+                                    "pnginfo": PngInfoTab(ctx)}
             if interrogate_available():
                 tabs["interrogate"] = InterrogateTab(ctx)
             tabs["history"] = HistoryTab(ctx)
