@@ -94,21 +94,53 @@ def test_weighted_preprocessor_offline_gives_the_file_and_folder(no_network, tmp
     assert "lllyasviel/Annotators" in msg
 
 
+def test_missing_annotator_weights_come_from_the_hub_into_the_annotators_folder(monkeypatch, tmp_path):
+    """Through huggingface_hub from lllyasviel/Annotators, with progress; complete files only."""
+    import io
+
+    import huggingface_hub
+
+    monkeypatch.setattr(pp, "hub_offline", lambda: False)
+    monkeypatch.setattr(pp, "hub_reachable", lambda: None)
+    calls, stages = [], []
+
+    def fake_download(repo_id, filename, local_dir, tqdm_class=None, **kw):
+        calls.append((repo_id, filename))
+        bar = tqdm_class(total=4, file=io.StringIO())
+        bar.update(4)
+        (local_dir / filename).write_bytes(b"wts!")
+        return str(local_dir / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    folder = tmp_path / "annotators"
+    (folder).mkdir()
+    (folder / "facenet.pth").write_bytes(b"here")       # present already: not fetched again
+    annotators = pp.Annotators([folder], progress=lambda s, f: stages.append((s, f)))
+    assert annotators.ensure(("body_pose_model.pth", "facenet.pth"), "openpose") == folder
+    assert calls == [("lllyasviel/Annotators", "body_pose_model.pth")]
+    assert (folder / "body_pose_model.pth").read_bytes() == b"wts!" and (folder / "facenet.pth").read_bytes() == b"here"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["annotators"]     # no download folder left behind
+    assert stages and stages[-1][1] == 1.0 and "body_pose_model.pth" in stages[-1][0]
+
+
 def test_weighted_preprocessor_download_failure_is_a_user_error(monkeypatch, tmp_path):
-    from pipelines.core import download
+    import huggingface_hub
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    calls = []
+    monkeypatch.setattr(pp, "hub_offline", lambda: False)
+    monkeypatch.setattr(pp, "hub_reachable", lambda: None)
 
-    def fail(url, target, **kw):
-        calls.append((url, target))
-        raise download.DownloadError(f"could not connect to download {url} (no network connection?)")
+    def refuse(repo_id, filename, local_dir, **kw):
+        raise OSError("network access is blocked in this test")
 
-    monkeypatch.setattr(download, "download_file", fail)
-    with pytest.raises(UserError, match="mlsd_large_512_fp32.pth.*could not connect"):
-        pp.run_preprocessor("mlsd", _photo(), annotators=pp.Annotators([tmp_path]))
-    assert calls[0][0] == "https://huggingface.co/lllyasviel/Annotators/resolve/main/mlsd_large_512_fp32.pth"
-    assert calls[0][1] == tmp_path / "mlsd_large_512_fp32.pth"
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", refuse)
+    folder = tmp_path / "annotators"
+    with pytest.raises(UserError, match="mlsd_large_512_fp32.pth.*lllyasviel/Annotators.*blocked") as err:
+        pp.run_preprocessor("mlsd", _photo(), annotators=pp.Annotators([folder]))
+    assert str(folder) in str(err.value)                      # where to put the file by hand
+    assert not any(p.is_file() for p in tmp_path.rglob("*"))  # nothing half-written
+    monkeypatch.setattr(pp, "hub_reachable", lambda: "cannot reach huggingface.co: [Errno 101]")
+    with pytest.raises(UserError, match="mlsd_large_512_fp32.pth.*cannot reach huggingface.co"):
+        pp.run_preprocessor("mlsd", _photo(), annotators=pp.Annotators([folder]))
 
 
 def test_weighted_preprocessor_loads_local_annotator_weights(tmp_path):

@@ -18,7 +18,6 @@ three resize modes (Just Resize, Crop and Resize, Resize and Fill).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..core.download import fetch_from_hub, hub_offline, hub_reachable
 from ..core.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 RESIZE_MODES = ("Just Resize", "Crop and Resize", "Resize and Fill")
 JUST_RESIZE, CROP_AND_RESIZE, RESIZE_AND_FILL = RESIZE_MODES
 ANNOTATORS_REPO = "lllyasviel/Annotators"
-ANNOTATORS_URL = "https://huggingface.co/lllyasviel/Annotators/resolve/main/{file}"
 
 Progress = Callable[[str, float], None]
 
@@ -318,25 +317,17 @@ class Annotators:
                   f"and put {'them' if len(files) > 1 else 'it'} in {self._where()}")
         if not self.dirs:
             raise UserError(f"preprocessor {who} needs annotator weights {names}; {manual}")
-        if _offline():
+        if hub_offline():
             raise UserError(f"preprocessor {who} needs annotator weights {names}: not found and offline "
                             f"(HF_HUB_OFFLINE is set); {manual}")
-        from ..core.download import DownloadError, download_file, format_progress
-
+        unreachable = hub_reachable()
+        if unreachable:
+            raise UserError(f"preprocessor {who} needs annotator weights {names}: not found and they cannot be "
+                            f"downloaded ({unreachable}); {manual}")
         target = self.dirs[0]
-        for i, name in enumerate(files):
-            if (target / name).is_file():
-                continue
-
-            def report(done: int, total: int | None, i=i, name=name) -> None:
-                if self.progress:
-                    frac = (i + (done / total if total else 0.0)) / len(files)
-                    self.progress(f"downloading {name}: {format_progress(done, total)}", frac)
-
-            try:
-                download_file(ANNOTATORS_URL.format(file=name), target / name, progress=report)
-            except DownloadError as err:
-                raise UserError(f"preprocessor {who} needs annotator weights {names}: {err}; {manual}") from None
+        missing = [name for name in files if not (target / name).is_file()]
+        fetch_from_hub(self.HUB_REPO, [(name,) for name in missing], target,
+                       what=f"annotator weights for {who} ({', '.join(missing)})", hint=manual, progress=self.progress)
         return target
 
     def detector(self, key: str, files: tuple[str, ...], who: str, factory: Callable[[str], Any]) -> Any:
@@ -365,10 +356,6 @@ class Annotators:
     def clear(self) -> None:
         with self._lock:
             self._detectors.clear()
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
 
 
 def _controlnet_aux():

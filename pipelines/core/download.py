@@ -4,16 +4,22 @@ The bytes go to `<target>.part` while a progress callback is told how far along 
 is computed on the fly and checked before the file is renamed to its final name (an atomic rename
 in the same folder), so a model folder only ever holds complete, verified files. Offline or on an
 HTTP error the message says what happened and where to put the file by hand.
+
+Files of Hugging Face Hub repositories (annotator weights, interrogation models) go through huggingface_hub
+instead: `fetch_from_hub`, with `hub_offline` / `hub_reachable` to say early and clearly why it cannot run.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
+import shutil
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
+from urllib.parse import urlparse
 
 from .errors import UserError
 
@@ -130,3 +136,132 @@ def format_progress(done: int, total: int | None) -> str:
     if total:
         return f"{mb:,.0f} / {total / 1e6:,.0f} MB ({done / total:.0%})"
     return f"{mb:,.0f} MB"
+
+# ============================================================================ files of the Hugging Face Hub
+# Models that live in a Hub repository are fetched with huggingface_hub (resumable, its own retries and
+# progress bars); `download_file` above is for plain URLs (the default checkpoint, upscalers on GitHub).
+
+HF_URL = "https://huggingface.co"
+# Called with (what is happening, fraction done).
+HubProgress = Callable[[str, float], None]
+
+
+def hub_offline() -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    try:
+        from huggingface_hub import constants
+
+        return bool(constants.HF_HUB_OFFLINE)
+    except ImportError:  # pragma: no cover - huggingface_hub is a requirement
+        return True
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Drop a download folder with no model data yet (partial downloads are kept: the next try resumes)."""
+    data = [p for p in folder.rglob("*") if p.is_file() and p.stat().st_size
+            and (".cache" not in p.relative_to(folder).parts or p.suffix == ".incomplete")]
+    if not data:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def hub_reachable(timeout: float = 5.0) -> str | None:
+    """None when the Hub's host accepts a connection, else why not. Skipped (None) behind a proxy.
+
+    huggingface_hub retries a dead network for ~25 s per file; this answers in at most `timeout`.
+    """
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    try:
+        from huggingface_hub import constants
+
+        endpoint = constants.ENDPOINT
+    except (ImportError, AttributeError):  # pragma: no cover
+        endpoint = HF_URL
+    url = urlparse(endpoint)
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme != "http" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+        return None
+    except OSError as err:
+        return f"cannot reach {host}: {err}"
+
+
+def _is_missing_file(err: Exception) -> bool:
+    """The Hub answered that the file does not exist (not: the network failed)."""
+    try:
+        from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+        if isinstance(err, LocalEntryNotFoundError):   # "not cached and could not connect"
+            return False
+        if isinstance(err, EntryNotFoundError):        # the repo has no such file (404)
+            return True
+    except ImportError:  # pragma: no cover
+        pass
+    response = getattr(err, "response", None)
+    return getattr(response, "status_code", None) == 404
+
+
+def _short(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"[:300]
+
+
+def _progress_tqdm(progress: HubProgress, stage: str, start: float, span: float):
+    """A tqdm class for huggingface_hub that prints its usual bar and forwards the fraction."""
+    from tqdm.auto import tqdm
+
+    class _Forward(tqdm):
+        def update(self, n=1):
+            out = super().update(n)
+            if self.total:
+                progress(stage, start + span * min(1.0, self.n / self.total))
+            return out
+
+    return _Forward
+
+
+def fetch_from_hub(repo: str, files: Sequence[Sequence[str]], target: Path, *, what: str, hint: str,
+                   progress: HubProgress | None = None, optional: Sequence[str] = ()) -> None:
+    """Fetch `files` of the Hub repository `repo` into the folder `target` with huggingface_hub.
+
+    Each entry of `files` lists alternatives (the first the repository has wins); `optional` files may be
+    missing. They arrive in `.download-<target name>` beside `target` and move into it when all are there, so
+    an interrupted download never looks like a model (a partial one is kept: the next try resumes it). The
+    caller checks `hub_offline()` / `hub_reachable()` first; a failure raises UserError naming the repository,
+    the client's error and `hint` (what to put where by hand)."""
+    from huggingface_hub import hf_hub_download
+
+    report = progress or (lambda stage, fraction: None)
+    tmp = target.parent / f".download-{target.name}"
+    tmp.mkdir(parents=True, exist_ok=True)
+    wanted = [tuple(alts) for alts in files] + [(name,) for name in optional]
+    log.info("downloading %s from %s/%s into %s", what, HF_URL, repo, target)
+    for i, alternatives in enumerate(wanted):
+        last_err: Exception | None = None
+        for filename in alternatives:
+            if (tmp / filename).is_file():
+                last_err = None
+                break
+            stage = f"downloading {what}: {filename}"
+            report(stage, i / len(wanted))
+            try:
+                hf_hub_download(repo_id=repo, filename=filename, local_dir=tmp,
+                                tqdm_class=_progress_tqdm(report, stage, i / len(wanted), 1 / len(wanted)))
+                last_err = None
+                break
+            except Exception as err:   # 404 → try the next alternative; network errors end below
+                last_err = err
+                if not _is_missing_file(err):
+                    break
+        if last_err is not None and i < len(files):
+            _remove_if_empty(tmp)
+            raise UserError(f"could not download {what} from {HF_URL}/{repo} ({_short(last_err)}): {hint}") \
+                from last_err
+    shutil.rmtree(tmp / ".cache", ignore_errors=True)
+    if target.exists():
+        for p in tmp.iterdir():
+            os.replace(p, target / p.name)
+        tmp.rmdir()
+    else:
+        os.replace(tmp, target)

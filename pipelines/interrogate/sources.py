@@ -29,20 +29,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from ..core.download import HF_URL, fetch_from_hub, hub_offline, hub_reachable
 from ..core.errors import UserError
-
-log = logging.getLogger(__name__)
 
 Progress = Callable[[str, float], None]
 
-HF_URL = "https://huggingface.co"
 CLIP_CONFIG_FILE = "open_clip_config.json"
 CLIP_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 CAPTION_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -129,17 +124,6 @@ def file_fingerprint(path: Path, span: int = 1 << 20) -> str:
             f.seek(max(span, size - span))
             h.update(f.read(span))
     return f"{size}-{h.hexdigest()[:16]}"
-
-
-def hub_offline() -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        return True
-    try:
-        from huggingface_hub import constants
-
-        return bool(constants.HF_HUB_OFFLINE)
-    except ImportError:  # pragma: no cover - huggingface_hub is a requirement
-        return True
 
 
 def _first_existing(folder: Path, names: Iterable[str]) -> Path | None:
@@ -300,114 +284,9 @@ class ModelSources:
         if not self.allow_download or hub_offline():
             why = "downloads are disabled" if not self.allow_download else "offline mode (HF_HUB_OFFLINE=1)"
             raise UserError(f"{what} is not on disk ({searched}) and {why}: {hint}")
-        try:
-            from huggingface_hub import hf_hub_download
-        except ImportError as err:  # pragma: no cover
-            raise UserError(f"{what} is not on disk and huggingface_hub is not installed: {hint}") from err
         unreachable = hub_reachable()
         if unreachable:
             raise UserError(f"{what} is not on disk ({searched}) and cannot be downloaded ({unreachable}): {hint}")
-
-        tmp = target.parent / f".download-{target.name}"
-        tmp.mkdir(parents=True, exist_ok=True)   # kept on failure: hf_hub_download resumes from it
-        wanted = [tuple(alts) for alts in files] + [(name,) for name in optional]
-        n = len(wanted)
-        log.info("downloading %s from %s/%s into %s", what, HF_URL, repo, target)
-        for i, alternatives in enumerate(wanted):
-            is_optional = i >= len(files)
-            last_err: Exception | None = None
-            for filename in alternatives:
-                if (tmp / filename).is_file():
-                    last_err = None
-                    break
-                self.progress(f"downloading {what}: {filename}", i / n)
-                try:
-                    hf_hub_download(repo_id=repo, filename=filename, local_dir=tmp,
-                                    tqdm_class=_progress_tqdm(self.progress, f"downloading {what}: {filename}",
-                                                              i / n, 1 / n))
-                    last_err = None
-                    break
-                except Exception as err:   # 404 → try the next alternative; network errors end below
-                    last_err = err
-                    if not _is_missing_file(err):
-                        break
-            if last_err is not None and not is_optional:
-                _remove_if_empty(tmp)
-                raise UserError(f"could not download {what} from {HF_URL}/{repo} ({_short(last_err)}): {hint}") \
-                    from last_err
-        shutil.rmtree(tmp / ".cache", ignore_errors=True)
-        if target.exists():
-            for p in tmp.iterdir():
-                os.replace(p, target / p.name)
-            tmp.rmdir()
-        else:
-            os.replace(tmp, target)
+        fetch_from_hub(repo, files, target, what=what, hint=hint, progress=self.progress, optional=optional)
         self.downloads += 1
         self.progress(f"downloaded {what}", 1.0)
-
-
-def _remove_if_empty(folder: Path) -> None:
-    """Drop a download folder with no model data yet (partial downloads are kept: the next try resumes)."""
-    data = [p for p in folder.rglob("*") if p.is_file() and p.stat().st_size
-            and (".cache" not in p.relative_to(folder).parts or p.suffix == ".incomplete")]
-    if not data:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def hub_reachable(timeout: float = 5.0) -> str | None:
-    """None when the Hub's host accepts a connection, else why not. Skipped (None) behind a proxy.
-
-    huggingface_hub retries a dead network for ~25 s per file; this answers in at most `timeout`.
-    """
-    import socket
-    from urllib.parse import urlparse
-
-    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return None
-    try:
-        from huggingface_hub import constants
-
-        endpoint = constants.ENDPOINT
-    except (ImportError, AttributeError):  # pragma: no cover
-        endpoint = HF_URL
-    url = urlparse(endpoint)
-    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme != "http" else 80)
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-        return None
-    except OSError as err:
-        return f"cannot reach {host}: {err}"
-
-
-def _is_missing_file(err: Exception) -> bool:
-    """The Hub answered that the file does not exist (not: the network failed)."""
-    try:
-        from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
-
-        if isinstance(err, LocalEntryNotFoundError):   # "not cached and could not connect"
-            return False
-        if isinstance(err, EntryNotFoundError):        # the repo has no such file (404)
-            return True
-    except ImportError:  # pragma: no cover
-        pass
-    response = getattr(err, "response", None)
-    return getattr(response, "status_code", None) == 404
-
-
-def _short(err: Exception) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}"[:300]
-
-
-def _progress_tqdm(progress: Progress, stage: str, start: float, span: float):
-    """A tqdm class for huggingface_hub that prints its usual bar and forwards the fraction."""
-    from tqdm.auto import tqdm
-
-    class _Forward(tqdm):
-        def update(self, n=1):
-            out = super().update(n)
-            if self.total:
-                progress(stage, start + span * min(1.0, self.n / self.total))
-            return out
-
-    return _Forward
