@@ -297,3 +297,26 @@ def test_novelai_v4_negative_caption(tmp_path):
     _, negative, params = _fields(_png(tmp_path / "n4.png", Description="2girls", Software="NovelAI",
                                        Comment=comment))
     assert negative == "blurry" and params["Sampler"] == "Euler a"
+
+
+def test_comfyui_efficiency_nodes(tmp_path):
+    # The "Efficiency Nodes" pack: one loader node holds checkpoint, VAE, clip skip, a LoRA, both prompts and
+    # the latent size; its sampler takes KSampler's inputs.
+    graph = {
+        "1": {"class_type": "Efficient Loader", "inputs": {
+            "ckpt_name": "realisticVision_v51.safetensors", "vae_name": "Baked VAE", "clip_skip": -2,
+            "lora_name": "epi_noiseoffset2.safetensors", "lora_model_strength": 0.7, "lora_clip_strength": 0.7,
+            "positive": "a portrait of an old sailor", "negative": "painting, drawing",
+            "token_normalization": "none", "weight_interpretation": "A1111",
+            "empty_latent_width": 512, "empty_latent_height": 640, "batch_size": 1}},
+        "2": {"class_type": "KSampler (Efficient)", "inputs": {
+            "seed": 99, "steps": 30, "cfg": 6, "sampler_name": "dpmpp_2m", "scheduler": "karras", "denoise": 1,
+            "preview_method": "auto", "vae_decode": "true", "model": ["1", 0], "positive": ["1", 1],
+            "negative": ["1", 2], "latent_image": ["1", 3], "optional_vae": ["1", 4]}},
+    }
+    prompt, negative, params = _fields(_png(tmp_path / "e.png", prompt=graph))
+    assert prompt == "a portrait of an old sailor <lora:epi_noiseoffset2:0.7>"
+    assert negative == "painting, drawing"
+    assert params["Seed"] == "99" and params["Steps"] == "30" and params["CFG scale"] == "6"
+    assert params["Sampler"] == "DPM++ 2M" and params["Schedule type"] == "Karras" and params["Size"] == "512x640"
+    assert params["Model"] == "realisticVision_v51" and params["Clip skip"] == "2" and "VAE" not in params

@@ -92,3 +92,19 @@ def test_other_version_and_other_vae(models):
     assert "another version" in found
     assert "the image used its checkpoint's own VAE; yours is set to vae-ft-mse.safetensors" in found
     assert plan.checkpoint.startswith("dreamshaper_8")
+
+
+def test_civitai_hashes_json_and_unhashed_checkpoints(models):
+    registry, networks, root = models
+    mine = _ckpt(registry, "renamed_by_me.safetensors")
+    lora_hash = addnet_hash_safetensors(root / "Lora" / "my_detail.safetensors")[:10]
+    text = ("a cat <lora:tweak:1>\nSteps: 20, Seed: 1, Size: 64x64, Model: original_name, "
+            f"Hashes: {{\"model\": \"{mine.sha256[:10]}\", \"lora:tweak\": \"{lora_hash}\"}}")
+    plan = plan_reproduction(text, registry, networks)
+    assert plan.checkpoint == mine.title
+    assert parse_infotext(plan.infotext).prompt == "a cat <lora:my_detail:1>"
+    assert plan.exact, plan.differences              # the JSON's pieces are not taken for parameters
+    # dreamshaper_8 has never been hashed: a hash that is not known may be its
+    missing = plan_reproduction("a\nSteps: 2, Seed: 1, Size: 64x64, Model hash: 0123456789, Model: gone",
+                                registry, networks)
+    assert "1 of yours have no hash yet" in "\n".join(missing.differences)

@@ -12,6 +12,8 @@ hashes are cached; checkpoints are matched by the hashes already known (as A1111
 """
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -65,15 +67,19 @@ def plan_reproduction(infotext: str, registry, networks=None, *, source: str | N
     (to say when it is not the one the image used); `extra_params`: extensions' parameters (they count
     as supported fields).
     """
-    parsed = parse_infotext(infotext)
+    hashes, rest = _civitai_hashes(infotext)
+    parsed = parse_infotext(rest)
     params = dict(parsed.params)
     out = Reproduction(infotext, source=source)
     out.differences.extend(notes)
-    out.checkpoint = _checkpoint(registry, params, out.differences)
+    out.checkpoint = _checkpoint(registry, params, hashes.get("model"), out.differences)
     out.vae = _vae(registry, params, current_vae, out.differences)
     prompt = parsed.prompt
     if networks is not None:
-        prompt = _loras(networks, prompt, params.get("Lora hashes", ""), out.differences)
+        lora_hashes = _lora_hashes(params.get("Lora hashes", ""))
+        lora_hashes.update({k[5:].lower(): v for k, v in hashes.items() if k.startswith("lora:")
+                            and k[5:].lower() not in lora_hashes})
+        prompt = _loras(networks, prompt, lora_hashes, out.differences)
     _, unknown = request_values_from_infotext(params, extra_params)
     unsupported = [f"{k}: {v}" for k, v in unknown.items() if not is_info_only(k)]
     if unsupported:
@@ -97,14 +103,39 @@ def _find(lookup, query: str | None):
         return None
 
 
-def _checkpoint(registry, params: dict[str, str], differences: list[str]) -> str | None:
-    name, short = params.get("Model"), (params.get("Model hash") or "").lower()
+# A1111 writes a dict parameter as bare JSON (its quote() json.dumps the dict), which the parameter
+# regex cuts at the first comma: the object is taken from the text itself.
+_HASHES = re.compile(r'(?:^|, )Hashes: ("?)(\{[^{}]*\})\1')
+
+
+def _civitai_hashes(infotext: str) -> tuple[dict[str, str], str]:
+    """`Hashes: {"model": ..., "lora:name": ...}` (the JSON Civitai's A1111 extension and many ComfyUI save
+    nodes write) and the infotext without it (its pieces would read as bogus parameters)."""
+    head, _, last = infotext.strip().rpartition("\n")
+    match = _HASHES.search(last)
+    if match is None:
+        return {}, infotext
+    rest = f"{head}\n{last[:match.start()]}{last[match.end():]}".strip()
+    try:
+        raw = match.group(2)
+        value = json.loads(json.loads(f'"{raw}"') if match.group(1) else raw)
+    except ValueError:
+        return {}, infotext
+    return ({str(k): str(v).lower() for k, v in value.items()} if isinstance(value, dict) else {}), rest
+
+
+def _checkpoint(registry, params: dict[str, str], fallback_hash: str | None,
+                differences: list[str]) -> str | None:
+    name, short = params.get("Model"), (params.get("Model hash") or fallback_hash or "").lower()
     by_hash = _find(registry.find_checkpoint, short) if len(short) >= 8 else None
     found = by_hash or _find(registry.find_checkpoint, name)
     if found is None:
         if name or short:
             label = " ".join(x for x in (name, f"[{short}]" if short else "") if x)
-            differences.append(f"checkpoint {label} is not among your models: the current one is used")
+            unhashed = sum(1 for m in registry.checkpoints if m.kind != "diffusers" and not m.sha256)
+            maybe = (f" ({unhashed} of yours have no hash yet: a checkpoint's hash is recorded when it is "
+                     f"loaded)" if short and unhashed else "")
+            differences.append(f"checkpoint {label} is not among your models{maybe}: the current one is used")
         return None
     if by_hash is None and short and found.sha256 and not found.sha256.startswith(short):
         differences.append(f"your checkpoint {found.title} is another version than the image's "
@@ -151,9 +182,8 @@ def _lora_by_hash(networks, digest: str):
     return next((nf for nf in networks.lora_files() if _hash_matches(networks, nf, digest)), None)
 
 
-def _loras(networks, prompt: str, hashes_text: str, differences: list[str]) -> str:
+def _loras(networks, prompt: str, hashes: dict[str, str], differences: list[str]) -> str:
     """The prompt with each LoRA tag naming a local file: found by name, else by its hash."""
-    hashes = _lora_hashes(hashes_text)
     for tag in parse_prompt(prompt)[1]:
         if tag.kind not in LORA_KINDS or not tag.name:
             continue

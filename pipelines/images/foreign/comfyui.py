@@ -12,7 +12,8 @@ from typing import Any
 
 from .common import ForeignParameters, file_stem, json_object, kdiff_sampler, lora_prompt_tag, number
 
-SAMPLERS = ("KSampler", "KSamplerAdvanced")
+# The core samplers, and the "Efficiency Nodes" pack's, which take the same inputs (widely shared images).
+SAMPLERS = ("KSampler", "KSamplerAdvanced", "KSampler (Efficient)", "KSampler Adv. (Efficient)")
 TEXT_ENCODERS = ("CLIPTextEncode", "CLIPTextEncodeSDXL", "CLIPTextEncodeSDXLRefiner")
 CHECKPOINT_LOADERS = ("CheckpointLoaderSimple", "CheckpointLoader", "UNETLoader", "unCLIPCheckpointLoader")
 LORA_LOADERS = ("LoraLoader", "LoraLoaderModelOnly")
@@ -129,12 +130,12 @@ def _order(node_id: str) -> tuple[int, str]:
 
 def _starts_from_empty_latent(graph: dict, sampler: dict) -> bool:
     latent = _node(graph, _inputs(sampler).get("latent_image"))
-    return latent is not None and latent.get("class_type") in EMPTY_LATENTS
+    return latent is not None and (latent.get("class_type") in EMPTY_LATENTS or "empty_latent_width" in _inputs(latent))
 
 
 def _read_sampler(graph: dict, sampler: dict, out: ForeignParameters) -> None:
     inputs = _inputs(sampler)
-    advanced = sampler.get("class_type") == "KSamplerAdvanced"
+    advanced = "noise_seed" in inputs
     seed = _value(graph, inputs.get("noise_seed" if advanced else "seed"))
     steps = number(_value(graph, inputs.get("steps")))
     out.params["Steps"] = int(steps) if steps is not None else None
@@ -178,6 +179,9 @@ def _conditioning_text(graph: dict, ref: Any, side: str, out: ForeignParameters)
             if isinstance(text, str):
                 texts.append(text)
             continue
+        if isinstance(inputs.get(side), str):   # loader nodes that encode their own prompt text
+            texts.append(inputs[side])
+            continue
         follow = [inputs[side]] if isinstance(inputs.get(side), list) else [
             v for k, v in inputs.items() if k.startswith("conditioning") and isinstance(v, list)]
         if not follow:
@@ -194,9 +198,10 @@ def _read_model(graph: dict, ref: Any, out: ForeignParameters) -> None:
     while node is not None and depth < 64:
         depth += 1
         kind, inputs = node.get("class_type"), _inputs(node)
-        if kind in CHECKPOINT_LOADERS:
+        if kind in CHECKPOINT_LOADERS or "ckpt_name" in inputs:
             name = _value(graph, inputs.get("ckpt_name", inputs.get("unet_name")))
             out.params["Model"] = file_stem(name) if name else None
+            _read_loader_extras(graph, inputs, tags, out)
             break
         if kind in LORA_LOADERS:
             tags.append(lora_prompt_tag(_value(graph, inputs.get("lora_name")),
@@ -210,12 +215,27 @@ def _read_model(graph: dict, ref: Any, out: ForeignParameters) -> None:
         out.prompt = " ".join([out.prompt, *reversed(tags)]).strip()
 
 
+def _read_loader_extras(graph: dict, inputs: dict, tags: list[str], out: ForeignParameters) -> None:
+    """What all-in-one loaders (Efficiency Nodes' "Efficient Loader") set besides the checkpoint."""
+    lora = _value(graph, inputs.get("lora_name"))
+    if lora and lora != "None":
+        tags.append(lora_prompt_tag(lora, _value(graph, inputs.get("lora_model_strength", 1.0)),
+                                    _value(graph, inputs.get("lora_clip_strength"))))
+    layer = number(_value(graph, inputs.get("clip_skip")))
+    if layer is not None and layer < -1:
+        out.params["Clip skip"] = int(-layer)
+    vae = _value(graph, inputs.get("vae_name"))
+    if vae and vae != "Baked VAE":
+        out.params["VAE"] = file_stem(vae)
+
+
 def _read_latent(graph: dict, ref: Any, size: tuple[int, int], out: ForeignParameters) -> None:
     node = _node(graph, ref)
     kind = node.get("class_type") if node else None
     inputs = _inputs(node)
-    width, height = number(_value(graph, inputs.get("width"))), number(_value(graph, inputs.get("height")))
-    if kind in EMPTY_LATENTS and width and height:
+    width = number(_value(graph, inputs.get("width", inputs.get("empty_latent_width"))))
+    height = number(_value(graph, inputs.get("height", inputs.get("empty_latent_height"))))
+    if (kind in EMPTY_LATENTS or "empty_latent_width" in inputs) and width and height:
         out.params["Size"] = f"{int(width)}x{int(height)}"
         return
     if kind == "VAEEncode" or kind == "VAEEncodeForInpaint":
