@@ -168,3 +168,55 @@ def test_inpaint_upload_with_a_vae_scale_factor_of_2(ui, tmp_path):
         assert np.abs(out[outside] - src[outside]).max() <= 1                 # unmasked pixels kept
     finally:
         services.manager.load("tiny-sd1")
+
+
+# An infotext as AUTOMATIC1111 1.10 writes it (copied from a web page into the prompt box).
+A1111_INFOTEXT = (
+    "masterpiece, a castle on a hill, <lora:detail-tweaker:0.6>\n"
+    "Negative prompt: blurry, lowres\n"
+    "Steps: 28, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 6.5, Seed: 1234567890, Size: 512x768, "
+    "Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, VAE hash: 735e4c3a44, "
+    "VAE: vae-ft-mse-840000-ema-pruned.safetensors, Denoising strength: 0.5, Clip skip: 2, Hires upscale: 2, "
+    "Hires steps: 10, Hires upscaler: Latent, Lora hashes: \"detail-tweaker: 7c6c2b9ea3cc\", Version: v1.10.1")
+
+
+def test_paste_an_a1111_infotext_from_the_prompt_box(ui):
+    tab = ui.tab_objects["txt2img"]
+    page = Page(tab)
+    target = ui.paste.targets["txt2img"]
+    outputs = ui.paste_outputs(target, with_image=False)
+    names = ["tabs", "checkpoint", *target.fields, "vae"]           # the fields include the extensions' ones
+    assert len(outputs) == len(names) and outputs[-1] is ui.vae
+    with pytest.warns(UserWarning) as shown:
+        updates = tab._paste_from_prompt(A1111_INFOTEXT)
+    page.take(names, updates)
+    page.check_choices()
+    v = page.values
+    assert v["prompt"] == "masterpiece, a castle on a hill, <lora:detail-tweaker:0.6>"
+    assert v["negative_prompt"] == "blurry, lowres"
+    assert (v["steps"], v["sampler_name"], v["scheduler"], v["cfg_scale"], v["seed"]) == \
+        (28, "DPM++ 2M", "Karras", 6.5, 1234567890)
+    assert (v["width"], v["height"], v["clip_skip"]) == (512, 768, 2)
+    assert (v["enable_hr"], v["hr_scale"], v["hr_second_pass_steps"], v["hr_upscaler"], v["denoising_strength"]) == \
+        (True, 2, 10, "Latent", 0.5)
+    missing = " ".join(str(w.message) for w in shown)
+    for name in ("v1-5-pruned-emaonly", "vae-ft-mse-840000-ema-pruned", "detail-tweaker", "models/Lora"):
+        assert name in missing                                             # each missing model is named
+    # a prompt without parameters changes nothing (the page opens the file picker instead)
+    assert all(u == gr.update() for u in tab._paste_from_prompt("just a prompt"))
+    # a checkpoint, VAE and LoRA that are on disk get selected, with no warning
+    (ui.data / "models" / "VAE").mkdir(parents=True, exist_ok=True)
+    (ui.data / "models" / "VAE" / "vae-ft-mse-840000-ema-pruned.safetensors").write_bytes(b"")
+    lora_dir = ui.data / "models" / "Lora"
+    lora_dir.mkdir(parents=True, exist_ok=True)
+    (lora_dir / "detail-tweaker.safetensors").write_bytes(b"")
+    ui.services.registry.refresh()
+    text = A1111_INFOTEXT.replace("Model: v1-5-pruned-emaonly", "Model: tiny-sd1")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        updates = tab._paste_from_prompt(text)
+    by = dict(zip(names, updates))
+    assert by["checkpoint"]["value"] == ui.current_checkpoint() or by["checkpoint"] == gr.update()
+    assert by["vae"]["value"] == "vae-ft-mse-840000-ema-pruned.safetensors"

@@ -18,7 +18,7 @@ from pipelines.core.errors import UserError
 
 from ..app.auth import AccessControl, is_exposed
 from ..app.services import Services
-from .common import PasteRegistry, PasteTarget, progress_html, user_error
+from .common import TOAST_SECONDS, PasteRegistry, PasteTarget, progress_html, user_error
 from .widgets import make_widget
 
 log = logging.getLogger(__name__)
@@ -29,108 +29,11 @@ POLL_SECONDS = 0.3
 # "Send to" buttons are made from this list and wired once all tabs exist (`UIContext.wire_send`).
 IMAGE_TABS: tuple[str, ...] = ("img2img", "inpaint")
 
-CSS = """
-#topbar { align-items: end; gap: 8px; }
-#topbar .tool, .tool { max-width: 44px; min-width: 40px !important; height: 40px; align-self: end; }
-#model_status { font-size: 0.9em; opacity: 0.9; align-self: center; }
-.model-status .progress-bar { margin-top: 4px; }
-.prompt-box { position: relative; }
-.token-counter-box { position: absolute !important; right: 6px; top: 4px; z-index: 10; width: auto !important;
-                     pointer-events: none; }
-.token-counter { font-size: 0.8em; padding: 1px 6px; border-radius: 6px; background: var(--block-background-fill);
-                 border: 1px solid var(--border-color-primary); opacity: 0.85; }
-.token-counter.over { color: var(--color-accent); }
-#txt2img_generate, #img2img_generate { min-height: 78px; font-size: 1.2em; }
-.tool-row { gap: 6px; flex-wrap: nowrap; }
-.tool-row .tool-wide { max-width: none; flex-grow: 1; height: 40px; align-self: end; }
-.tool-column { gap: 6px; justify-content: center; }
-.result-buttons { flex-wrap: wrap; gap: 6px; }
-.result-buttons button { flex: 1 1 auto; }
-.progress-text { white-space: pre-line; }
-.prompt-box.drop-target textarea { outline: 2px dashed var(--color-accent); }
-.align-end { align-self: end; height: 40px; }
-.cn-note p { font-size: 0.85em; opacity: 0.8; margin: 0; }
-#interrogate_details table.interrogate-tops { width: 100%; border-collapse: collapse; font-size: 0.9em;
-                                            margin: 4px 0 0 0;
-                                            border: none !important; box-shadow: none; }
-#interrogate_details .interrogate-tops tr { border: none !important; }
-#interrogate_details .interrogate-tops th, #interrogate_details .interrogate-tops td {
-    border: none !important; border-bottom: 1px solid var(--border-color-primary) !important;
-    padding: 5px 8px !important; vertical-align: top; text-align: left; }
-#interrogate_details .interrogate-tops th { white-space: nowrap; font-weight: 600; opacity: 0.75; width: 1%; }
-#interrogate_details .interrogate-caption { font-size: 0.85em; opacity: 0.7; margin: 6px 0 0 0; }
-#interrogate_details .interrogate-tops .score { opacity: 0.55; font-size: 0.85em; }
-.job-progress { margin: 2px 0 6px 0; }
-.progress-bar { height: 8px; border-radius: 4px; background: var(--border-color-primary); overflow: hidden; }
-.progress-fill { height: 100%; background: var(--color-accent); transition: width 0.2s; }
-.progress-text { font-size: 0.9em; margin-top: 3px; }
-.job-progress.failed .progress-text { color: var(--error-text-color, #b91c1c); }
-#pnginfo_generation_info table.pnginfo-table { width: 100%; border-collapse: collapse; font-size: 0.92em;
-                                              border: none !important; margin: 0; box-shadow: none; }
-#pnginfo_generation_info .pnginfo-table tr { border: none !important; }
-#pnginfo_generation_info .pnginfo-table th, #pnginfo_generation_info .pnginfo-table td {
-    border: none !important; border-bottom: 1px solid var(--border-color-primary) !important;
-    padding: 5px 8px !important; vertical-align: top; text-align: left; }
-#pnginfo_generation_info .pnginfo-table th { white-space: nowrap; font-weight: 600; opacity: 0.75; width: 1%; }
-#pnginfo_generation_info .pnginfo-table td { word-break: break-word; white-space: pre-wrap; }
-.pnginfo-empty { opacity: 0.7; padding: 8px 0; }
-.no-model { border: 1px solid var(--color-accent); border-radius: 8px; padding: 10px 14px; }
-footer { display: none !important; }
-"""
-
-# Run once when the page loads (Gradio's `js=`): Ctrl+Enter / Cmd+Enter clicks Generate on the visible tab, and an
-# image file dropped on a prompt box is handed to that tab's ↙ upload button, whose handler reads the image's
-# generation parameters into the fields (A1111's "drop a PNG on the prompt").
-LOAD_JS = """
-() => {
-  if (window.__webuiKeys) return;
-  window.__webuiKeys = true;
-  const modes = ['txt2img', 'img2img'];
-  document.addEventListener('keydown', (e) => {
-    if ((e.ctrlKey || e.metaKey) && e.key === 'Enter') {
-      for (const m of modes) {
-        const tab = document.querySelector('#tab_' + m);
-        const btn = document.querySelector('#' + m + '_generate');
-        if (btn && tab && tab.offsetParent !== null) { e.preventDefault(); btn.click(); return; }
-      }
-    }
-  });
-  const zone = (e) => {
-    const box = e.target && e.target.closest && e.target.closest('[id$="_prompt"]');
-    if (!box) return null;
-    const mode = modes.find((m) => box.id === m + '_prompt' || box.id === m + '_negative_prompt');
-    return mode ? {box, mode} : null;
-  };
-  const hasFile = (e) => e.dataTransfer && Array.from(e.dataTransfer.types || []).includes('Files');
-  document.addEventListener('dragover', (e) => {
-    const z = zone(e);
-    if (z && hasFile(e)) { e.preventDefault(); z.box.closest('.prompt-box')?.classList.add('drop-target'); }
-  }, true);
-  document.addEventListener('dragleave', (e) => {
-    const z = zone(e);
-    if (z) z.box.closest('.prompt-box')?.classList.remove('drop-target');
-  }, true);
-  document.addEventListener('drop', (e) => {
-    const z = zone(e);
-    if (!z || !hasFile(e)) return;
-    const file = Array.from(e.dataTransfer.files).find((f) => f.type.startsWith('image/'));
-    z.box.closest('.prompt-box')?.classList.remove('drop-target');
-    if (!file) return;
-    const button = document.querySelector('#' + z.mode + '_paste_image');
-    // Gradio renders an UploadButton's hidden file input just before the button.
-    const prev = button && button.previousElementSibling;
-    const input = prev && prev.matches('input[type=file]') ? prev
-                  : button && button.parentElement.querySelector('input[type=file]');
-    if (!input) return;
-    e.preventDefault();
-    e.stopPropagation();
-    const dt = new DataTransfer();
-    dt.items.add(file);
-    input.files = dt.files;
-    input.dispatchEvent(new Event('change', {bubbles: true}));
-  }, true);
-}
-"""
+# The page's style and script (Ctrl+Enter, Ctrl+Up/Down emphasis, a PNG dropped on the prompt, ↙, tooltips, the
+# light/dark toggle) live in static files; `webui.__main__` hands them to Gradio (css= / js=).
+STATIC = Path(__file__).parent / "static"
+CSS = (STATIC / "style.css").read_text(encoding="utf-8")
+LOAD_JS = (STATIC / "page.js").read_text(encoding="utf-8")
 
 
 @dataclass
@@ -255,6 +158,8 @@ class UIContext:
             out += [target.image, *(comp for comp, _ in target.extra)]
         if target.controlnet is not None:
             out += target.controlnet.paste_components()
+        if target.paste_params and target.fields:
+            out.append(self.vae)
         return out
 
     def wire_send(self, button, state, target: PasteTarget) -> None:
@@ -293,6 +198,13 @@ def _defaults_customised(store) -> bool:
     except (OSError, ValueError):
         return True   # let the store report what is wrong with it
     return not isinstance(data, dict) or any(data.get(k) for k in ("params", "checkpoint", "vae", "loras"))
+
+
+def footer_markdown(args) -> str:
+    """The API docs link (FastAPI's /docs exists only with --api / --nowebui)."""
+    if getattr(args, "api", False):
+        return "[API docs](/docs) (AUTOMATIC1111's /sdapi/v1) · [Gradio API](/?view=api)"
+    return "API: start with `--api` for AUTOMATIC1111's /sdapi/v1 and its docs at /docs"
 
 
 def no_model_message(services: Services) -> str:
@@ -360,6 +272,7 @@ class TopBar:
                                      elem_classes="tool")
             ctx.vae = make_widget("sd_vae", choices=ctx.vae_choices(), value="Automatic", elem_id="sd_vae", scale=2)
             self.status = gr.HTML(self.status_html(), elem_id="model_status", scale=3, padding=False)
+            self.theme = gr.Button("◐", elem_id="theme_toggle", scale=0, min_width=42, elem_classes="tool")
         download = not ctx.args.no_download
         with gr.Group(visible=not titles, elem_classes="no-model", elem_id="no_model_box") as self.no_model:
             self.help = gr.Markdown(no_model_markdown(ctx.services, download))
@@ -373,10 +286,12 @@ class TopBar:
                               show_progress="hidden", api_name="load_checkpoint", concurrency_limit=None)
         ctx.vae.change(self.set_vae, inputs=ctx.vae, outputs=self.status, show_progress="hidden",
                        api_visibility="private", concurrency_limit=None)
-        self.refresh.click(self.refresh_models, outputs=[ctx.checkpoint, ctx.vae, self.no_model], queue=False,
-                           show_progress="hidden", api_name="refresh_checkpoints")
+        self.refresh.click(self.refresh_models, outputs=[ctx.checkpoint, ctx.vae, self.no_model],
+                           show_progress="hidden", api_name="refresh_checkpoints", concurrency_limit=None)
         self.download.click(self.download_default, outputs=[self.download_status, ctx.checkpoint, self.no_model],
                             show_progress="hidden", api_visibility="private", concurrency_limit=None)
+        self.theme.click(None, js="() => window.webuiToggleTheme && window.webuiToggleTheme()", queue=False,
+                         api_visibility="private")
         demo.load(self.follow_startup, outputs=[self.status, ctx.checkpoint], show_progress="hidden",
                   api_visibility="private", concurrency_limit=None)
 
@@ -443,8 +358,10 @@ class TopBar:
         ctx.services.registry.refresh()
         titles = ctx.checkpoint_titles()
         current = ctx.current_checkpoint()
+        vaes = ctx.vae_choices()
+        gr.Info(f"{len(titles)} checkpoint(s), {len(vaes) - 2} VAE(s) found", duration=TOAST_SECONDS)
         return (gr.update(choices=titles, value=current if current in titles else None),
-                gr.update(choices=ctx.vae_choices()), gr.update(visible=not titles))
+                gr.update(choices=vaes), gr.update(visible=not titles))
 
     def download_default(self):
         """Download the SD 1.5 checkpoint with a progress bar, then list and load it."""
@@ -515,6 +432,7 @@ def build_ui(services: Services, access: AccessControl, *, startup_job=None,
             ctx.tab_objects["extension_tabs"] = build_extension_tabs(ctx)
             ctx.tab_objects["extensions"] = ExtensionsTab(ctx)
             ctx.tab_objects["extensions"].build()
+        gr.Markdown(footer_markdown(ctx.args), elem_id="footer_links")
         for tab in tabs.values():
             tab.wire()
         topbar.events(demo)

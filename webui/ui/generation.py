@@ -19,7 +19,7 @@ from pipelines.core.errors import Interrupted
 from pipelines.params.declarations import BY_NAME, make_request
 
 from .common import (
-    EMPTY_COUNTER, PasteTarget, errors_to_ui, format_seconds, progress_html, toast_warnings, token_counter_html,
+    EMPTY_COUNTER, TOAST_SECONDS, PasteTarget, errors_to_ui, format_seconds, progress_html, toast_warnings, token_counter_html,
     user_error,
 )
 from .widgets import coerce, make_widget, params_for, schedule_choices
@@ -97,9 +97,12 @@ class GenerationTab:
                     self.interrupt = gr.Button("Interrupt", elem_id=f"{m}_interrupt", size="sm", min_width=60)
                     self.skip = gr.Button("Skip", elem_id=f"{m}_skip", size="sm", min_width=60)
                 with gr.Row(elem_id=f"{m}_tools", elem_classes="tool-row"):
-                    # Dropping a PNG on the prompt uploads it here (ui.LOAD_JS); clicking picks a file.
+                    # ↙ reads an infotext pasted into the prompt box (A1111), else opens the hidden upload's
+                    # picker; a PNG dropped on the prompt goes to that upload too (static/page.js).
+                    self.paste = gr.Button("↙", elem_id=f"{m}_paste", size="sm", elem_classes="tool", min_width=40)
                     self.paste_image = gr.UploadButton("↙", file_types=["image"], type="filepath", size="sm",
-                                                       elem_id=f"{m}_paste_image", elem_classes="tool", min_width=40)
+                                                       elem_id=f"{m}_paste_image", elem_classes="paste-upload",
+                                                       min_width=40)
                     if tools is not None:
                         tools()
         with gr.Row(elem_id=f"{m}_styles_row"):
@@ -230,7 +233,8 @@ class GenerationTab:
         self.gallery.select(self._select, inputs=self.result_state,
                             outputs=[self.infotext, self.result_state, self.save],
                             **quiet)
-        self.open_folder.click(self._open_folder, inputs=self.result_state, queue=False, api_visibility="private")
+        self.open_folder.click(self._open_folder, inputs=self.result_state, api_visibility="private",
+                               concurrency_limit=None)
         self.networks.wire()
         if self.controlnet is not None:
             self.controlnet.wire()
@@ -243,8 +247,14 @@ class GenerationTab:
                                lambda button, target: ctx.wire_send(button, self.result_state, target),
                                accepts=lambda target: target.image is not None or target.name == "txt2img")
         own = ctx.paste.targets[self.MODE]
-        self.paste_image.upload(self._paste_from_image, inputs=self.paste_image, outputs=ctx.paste_outputs(own, False),
+        outputs = ctx.paste_outputs(own, False)
+        self.paste_image.upload(self._paste_from_image, inputs=self.paste_image, outputs=outputs,
                                 show_progress="hidden", api_visibility="private")
+        # The file picker must open in the click itself (a browser only allows it during a user gesture).
+        pick = (f"(prompt) => {{ if (!window.webuiHasInfotext(prompt)) window.webuiPickPasteImage('{self.MODE}'); "
+                f"return prompt; }}")
+        self.paste.click(self._paste_from_prompt, inputs=self.fields["prompt"], outputs=outputs, js=pick,
+                         show_progress="hidden", api_visibility="private")
         self.presets.wire()
 
     def _paste_from_image(self, path: str | None):
@@ -257,6 +267,16 @@ class GenerationTab:
         if not text:
             raise gr.Error("This image has no generation parameters to read")
         return paste_updates(self.ctx, target, text, None, with_image=False)
+
+    def _paste_from_prompt(self, prompt: str | None):
+        """↙ with an infotext in the prompt box (copied from a web page or another UI): every field it names
+        is set, the prompt box keeps only the prompt. Without one the page opened the file picker."""
+        from .pnginfo import looks_like_infotext, paste_updates
+
+        target = self.ctx.paste.targets[self.MODE]
+        if not looks_like_infotext(prompt):
+            return tuple(gr.update() for _ in self.ctx.paste_outputs(target, False))
+        return paste_updates(self.ctx, target, prompt, None, with_image=False)
 
     @staticmethod
     def _schedules(sampler: str, schedule: str):
@@ -289,8 +309,10 @@ class GenerationTab:
     def _open_folder(self, state: dict):
         paths = (state or {}).get("paths") or []
         folder = Path(paths[0]).parent if paths else self.services.saver.folder(self.OUTPUT_KIND).parent
-        if not self.ctx.open_folder(folder):
-            gr.Info(f"Output folder: {folder}")
+        if self.ctx.open_folder(folder):
+            gr.Info(f"Opened {folder}", duration=TOAST_SECONDS)
+        else:
+            gr.Info(f"Output folder: {folder}", duration=TOAST_SECONDS)
 
     # ------------------------------------------------------------------ generation
     def _session(self, request) -> str:

@@ -120,7 +120,7 @@ class Img2ImgTab(GenerationTab):
     def build(self) -> None:
         with gr.Tab("img2img", id=MODE, elem_id="tab_img2img") as self.tab:
             self.build_toprow(tools=self._tools)
-            with gr.Row(equal_height=False):
+            with gr.Row(equal_height=False, elem_id="img2img_main_row"):
                 with gr.Column(scale=1, elem_id="img2img_settings"):
                     self._build_inputs()
                     self._w("resize_mode")

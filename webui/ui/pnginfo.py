@@ -12,7 +12,7 @@ from pipelines.images.reproduce import is_info_only, plan_reproduction
 from pipelines.params.infotext import parse_infotext
 from pipelines.params.declarations import request_values_from_infotext
 
-from .common import PasteTarget, errors_to_ui
+from .common import PasteTarget, errors_to_ui, toast_warnings
 from .widgets import field_updates
 
 if TYPE_CHECKING:
@@ -86,18 +86,25 @@ def paste_values(text: str, fields: dict[str, Any], extra_params=()) -> tuple[di
     return values, unknown
 
 
+def looks_like_infotext(text: str | None) -> bool:
+    """A prompt box holding a pasted infotext (A1111 looks for the parameters line, "Steps: N, ...")."""
+    return bool(text) and "Steps" in parse_infotext(text).params
+
+
 def paste_updates(ctx: "UIContext", target: PasteTarget, text: str | None, image: str | None = None, *,
                   with_image: bool = True) -> tuple:
     """Updates for `ctx.paste_outputs(target, with_image)`: the tab selected, the checkpoint named by the
     infotext (when it is among yours), every field the infotext names, then the image and the target's
-    extras, then the target's ControlNet units (from the infotext's "ControlNet N" entries)."""
+    extras, then the target's ControlNet units (from the infotext's "ControlNet N" entries), then the VAE
+    (for targets that take parameters)."""
     field_updates = [gr.update() for _ in target.fields]
-    ckpt_update = gr.update()
-    if target.paste_params and target.fields:
+    ckpt_update = vae_update = gr.update()
+    takes_params = target.paste_params and bool(target.fields)
+    if takes_params:
         if not text and image is None:
             raise gr.Error("No generation parameters to send: drop an image that has them first")
         if text:
-            ckpt_update, field_updates = _field_updates(ctx, target, text)
+            ckpt_update, field_updates, vae_update = _field_updates(ctx, target, text)
     elif target.image is not None and not image:
         raise gr.Error("No image to send")
     out = [gr.Tabs(selected=target.tab_id), ckpt_update, *field_updates]
@@ -107,12 +114,14 @@ def paste_updates(ctx: "UIContext", target: PasteTarget, text: str | None, image
     if target.controlnet is not None:
         params = parse_infotext(text).params if text and target.paste_params else {}
         out += target.controlnet.paste_updates(params)
+    if takes_params:
+        out.append(vae_update)
     return tuple(out)
 
 
 def _field_updates(ctx: "UIContext", target: PasteTarget, text: str):
-    text = reproduction(ctx, text).infotext     # the image's checkpoint and LoRAs under their names here
-    values, unknown = paste_values(text, target.fields, ctx.services.engine.hooks.params)
+    plan = reproduction(ctx, text)       # the image's checkpoint, VAE and LoRAs under their names here
+    values, _ = paste_values(plan.infotext, target.fields, ctx.services.engine.hooks.params)
     styles_db = getattr(ctx.services, "styles", None)
     if "styles" in target.fields and styles_db is not None and values.get("prompt") is not None:
         # A1111: styles whose texts the prompts contain come back as selected styles, out of the prompts.
@@ -120,22 +129,16 @@ def _field_updates(ctx: "UIContext", target: PasteTarget, text: str):
                                                                        values.get("negative_prompt") or "")
         if names:
             values.update(prompt=prompt, negative_prompt=negative, styles=names)
-    parsed = parse_infotext(text).params
-    model = None
-    for query in (parsed.get("Model hash"), parsed.get("Model")):
-        if query and not model:
-            model = ctx.find_checkpoint(query)
-    ckpt_update = gr.update()
-    if model:
-        ckpt_update = gr.update(value=model)
-    elif parsed.get("Model"):
-        gr.Warning(f"Checkpoint {parsed['Model']!r} from the image was not found among your models; "
-                   f"the current one is kept")
-    unknown = {k: v for k, v in unknown.items() if not is_info_only(k)}
-    if unknown:
-        shown = ", ".join(f"{k}: {v}" for k, v in list(unknown.items())[:8])
-        gr.Info(f"Not applied (not supported here): {shown}")
-    return ckpt_update, field_updates(target.fields, values)
+    ckpt_update = gr.update(value=plan.checkpoint) if plan.checkpoint else gr.update()
+    vae_update = gr.update(value=plan.vae) if plan.vae and plan.vae in ctx.vae_choices() else gr.update()
+    if plan.differences:
+        # One short toast: what is missing (a checkpoint, VAE or LoRA, with the LoRA folders) or left out.
+        notes = list(plan.differences)
+        networks = getattr(ctx.services.engine, "networks", None)
+        if networks is not None and any(d.startswith("LoRA ") and "not among" in d for d in notes):
+            notes.append("LoRAs are looked for in " + " and ".join(str(d) for d in networks.paths.dirs("lora")))
+        toast_warnings(["; ".join(notes)])
+    return ckpt_update, field_updates(target.fields, values), vae_update
 
 
 class PngInfoTab:

@@ -20,7 +20,7 @@ from pipelines.core.errors import UserError
 
 from pipelines.params.declarations import BY_NAME
 
-from .common import errors_to_ui, toast_warnings
+from .common import TOAST_SECONDS, errors_to_ui, toast_warnings
 from .widgets import coerce, field_updates
 
 if TYPE_CHECKING:
@@ -279,7 +279,8 @@ class ExtraNetworks:
         self.embedding.input(self.pick_embedding, inputs=[self.embedding, self.to_negative, f["prompt"],
                                                           f["negative_prompt"]],
                              outputs=[f["prompt"], f["negative_prompt"], self.embedding], **quiet)
-        self.refresh.click(self.refreshed, outputs=[self.lora, self.embedding, self.note], **quiet)
+        self.refresh.click(self.refreshed, outputs=[self.lora, self.embedding, self.note], show_progress="hidden",
+                           api_visibility="private", concurrency_limit=None)   # queued: its toast needs the queue
 
     @staticmethod
     def pick_lora(name: str | None, weight: float, prompt: str):
@@ -304,4 +305,5 @@ class ExtraNetworks:
         except UserError as err:
             raise gr.Error(str(err)) from None
         loras, embeddings = self.lists()
+        gr.Info(f"{len(loras)} LoRA(s), {len(embeddings)} embedding(s) found", duration=TOAST_SECONDS)
         return gr.update(choices=loras, value=None), gr.update(choices=embeddings, value=None), self.hint()

@@ -26,7 +26,7 @@ class Txt2ImgTab(GenerationTab):
     def build(self) -> None:
         with gr.Tab("txt2img", id=MODE, elem_id="tab_txt2img") as self.tab:
             self.build_toprow()
-            with gr.Row(equal_height=False):
+            with gr.Row(equal_height=False, elem_id="txt2img_main_row"):
                 with gr.Column(scale=1, elem_id="txt2img_settings"):
                     self.build_sampling()
                     with gr.Accordion("Hires. fix", open=False, elem_id="txt2img_hires"):
