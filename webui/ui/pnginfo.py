@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from pipelines.core.errors import UserError
-from pipelines.images.reproduce import is_info_only, plan_reproduction
+from pipelines.images.reproduce import plan_reproduction
 from pipelines.params.infotext import parse_infotext
 from pipelines.params.declarations import request_values_from_infotext
 
