@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from .params import declarations as params_mod
-from .core.errors import Interrupted, Skipped, UserError
+from .core.errors import Interrupted, ParameterError, Skipped, UserError
 from .params.declarations import BY_NAME, PARAMS, GenerationRequest, Param
 
 if TYPE_CHECKING:   # no torch import here: generation imports this module
@@ -97,6 +97,18 @@ class ApiRoute:
     endpoint: Callable[..., Any]
     methods: tuple[str, ...]
     owner: str
+
+
+@dataclass(frozen=True)
+class SelectableScript:
+    """An AUTOMATIC1111 "selectable script" that API clients name in `script_name` with positional
+    `script_args` (the webuiapi client does): here an extension runs it through its own parameters, so
+    `to_values(script_args, mode)` turns A1111's argument list into {parameter name: value}."""
+    title: str                            # A1111's title; `script_name` matches it case-insensitively
+    to_values: Callable[[list, str], dict[str, Any]]
+    owner: str
+    modes: tuple[str, ...]
+    args: tuple[str, ...] = ()            # the positional arguments' labels, for /sdapi/v1/script-info
 
 
 @dataclass(frozen=True)
@@ -218,6 +230,7 @@ class HookRegistry:
         self._params: list[ExtensionParam] = []
         self.tabs: list[ExtensionTab] = []
         self.routes: list[ApiRoute] = []
+        self.scripts: list[SelectableScript] = []
         self.failures: list[HookFailure] = []
         self.disabled: set[str] = set()          # extensions switched off after a failure (this run)
         self._lock = threading.Lock()
@@ -279,6 +292,30 @@ class HookRegistry:
         methods = (methods,) if isinstance(methods, str) else tuple(m.upper() for m in methods)
         self.routes.append(ApiRoute(path, endpoint, methods, owner))
 
+    def add_script(self, title: str, to_values: Callable[[list, str], dict[str, Any]], owner: str,
+                   modes: Sequence[str] = MODES, args: Sequence[str] = ()) -> None:
+        if not isinstance(title, str) or not title.strip() or not callable(to_values):
+            raise TypeError("add_script: expected a title and a function (script_args, mode) -> values")
+        self.scripts.append(SelectableScript(title.strip(), to_values, owner, tuple(modes), tuple(args)))
+
+    def find_script(self, name: str, mode: str) -> SelectableScript:
+        found = [s for s in self.scripts if s.title.lower() == str(name).strip().lower() and s.owner not in self.disabled]
+        if not found or mode not in found[0].modes:
+            titles = [s.title for s in self.scripts if mode in s.modes and s.owner not in self.disabled]
+            raise ParameterError("script_name", f"no script {name!r} for {mode}; scripts: {', '.join(titles) or 'none'}")
+        return found[0]
+
+    def script_values(self, name: str, script_args: list, mode: str) -> dict[str, Any]:
+        """The parameter values a selectable script's A1111 arguments stand for (ParameterError naming
+        `script_args` when they make no sense)."""
+        script = self.find_script(name, mode)
+        try:
+            return dict(script.to_values(list(script_args or []), mode))
+        except ParameterError as err:
+            raise ParameterError("script_args", f"{script.title}: {str(err).split(': ', 1)[-1]}") from None
+        except (TypeError, ValueError, IndexError, KeyError) as err:
+            raise ParameterError("script_args", f"{script.title}: {err}") from None
+
     def remove(self, owner: str) -> None:
         """Forget everything `owner` registered (its setup failed)."""
         with self._lock:
@@ -287,6 +324,7 @@ class HookRegistry:
             self._params = [p for p in self._params if p.owner != owner]
             self.tabs = [t for t in self.tabs if t.owner != owner]
             self.routes = [r for r in self.routes if r.owner != owner]
+            self.scripts = [s for s in self.scripts if s.owner != owner]
 
     # ------------------------------------------------------------------ parameters
     @property
@@ -440,6 +478,13 @@ class ExtensionHooks:
     def add_api_route(self, path: str, fn: Callable[..., Any], methods: Sequence[str] = ("GET",)) -> None:
         """A FastAPI route (same credentials as the API when they are set)."""
         self._registry.add_api_route(path, fn, self.name, methods)
+
+    def add_script(self, title: str, to_values: Callable[[list, str], dict[str, Any]], modes: Sequence[str] = MODES,
+                   args: Sequence[str] = ()) -> None:
+        """Answer A1111's `script_name`/`script_args` in /sdapi/v1/txt2img and img2img: `to_values(script_args,
+        mode)` returns the parameter values (yours or built-in) the script's positional arguments mean; raise
+        ParameterError/ValueError for arguments that make no sense (the client gets a 422 naming script_args)."""
+        self._registry.add_script(title, to_values, self.name, modes, args)
 
     # ------------------------------------------------------------------ hooks (decorators)
     def _hook(self, hook: str, fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -213,7 +213,8 @@ def test_txt2img_maps_a1111_names_and_ignores_unknown_fields(server):
     ({"seed": 1.5}, "seed"),
     ({"enable_hr": "perhaps"}, "enable_hr"),
     ({"override_settings": {"CLIP_stop_at_last_layers": 40}}, "override_settings.CLIP_stop_at_last_layers"),
-    ({"script_name": "x/y/z plot"}, "script_name"),
+    ({"script_name": "no such script"}, "script_name"),
+    ({"script_name": "x/y/z plot", "script_args": [99]}, "script_args"),
 ])
 def test_txt2img_wrong_values_give_422_naming_the_field(server, body, field):
     r = server.post("/txt2img", {"steps": 1, **SIZE, **body} if "steps" not in body else {**SIZE, **body})
@@ -721,3 +722,30 @@ def test_twenty_concurrent_requests_all_complete_and_are_saved_once(server):
     assert max(latencies) < 10.0, max(latencies)
     assert server.get("/progress").json()["state"]["job_count"] == 0
     assert api.set_options({"outdir_txt2img_samples": ""}) is None
+
+
+def test_xyz_plot_runs_as_a1111_script_through_webuiapi(server):
+    """A1111 clients run the X/Y/Z plot as script_name + positional script_args (axis types are indexes into
+    A1111 1.10's txt2img axis list: 4 = Steps, 6 = CFG Scale, 0 = Nothing)."""
+    scripts = server.get("/scripts").json()
+    assert "x/y/z plot" in scripts["txt2img"] and "x/y/z plot" in scripts["img2img"]
+    info = [s for s in server.get("/script-info").json() if s["name"] == "x/y/z plot"]
+    assert {s["is_img2img"] for s in info} == {False, True} and info[0]["args"][0]["label"] == "x_type"
+    assert any(e["name"] == "xyz_plot" and e["enabled"] for e in server.get("/extensions").json())
+    args = [4, "1, 2", [], 6, "3, 5", [], 0, "", [], True, True, False, False, False, False, False, 0, False]
+    r = server.client().txt2img(prompt="a red ball", seed=7, width=64, height=64, script_name="X/Y/Z plot",
+                                script_args=args)
+    assert len(r.images) == 5                                   # the grid, then the 2 x 2 cells (include_lone_images)
+    grid, cells = r.images[0], r.images[1:]
+    assert grid.width > 2 * 64 and grid.height > 2 * 64 and all(c.size == (64, 64) for c in cells)
+    infotexts = r.info["infotexts"]
+    assert "X Type: Sampling steps" in infotexts[0] and "Y Type: CFG Scale" in infotexts[0]
+    assert "Steps: 2, " in infotexts[2] and "CFG scale: 5" in infotexts[3]
+    # the sampler axis reads A1111's dropdown list (csv_mode off); an axis this app lacks is a 422
+    r = server.post("/txt2img", {"prompt": "x", "width": 64, "height": 64, "steps": 1, "script_name": "x/y/z plot",
+                                 "script_args": [9, "", ["Euler", "DDIM"]]})   # 9 = Sampler
+    assert r.status_code == 200 and len(r.json()["images"]) == 1, r.text
+    assert "X Values: \"Euler,DDIM\"" in json.loads(r.json()["info"])["infotexts"][0]
+    r = server.post("/txt2img", {"prompt": "x", "steps": 1, "width": 64, "height": 64, "script_name": "x/y/z plot",
+                                 "script_args": [8, "a,b"]})           # 8 = Prompt order
+    assert r.status_code == 422 and "script_args" in detail_fields(r) and "Prompt order" in r.text

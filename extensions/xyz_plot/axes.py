@@ -54,6 +54,13 @@ def split_values(text: str) -> list[str]:
     return [item.strip() for row in rows for item in row if item.strip()]
 
 
+def quote_values(items: list[str]) -> str:
+    """The CSV line `split_values` reads back as `items` (a value with a comma is quoted)."""
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="").writerow(items)
+    return buf.getvalue()
+
+
 def _num(text: str, kind: type) -> Any:
     return kind(text.replace(" ", ""))
 

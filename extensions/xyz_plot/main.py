@@ -19,6 +19,7 @@ from pipelines.params.infotext import format_value, quote
 from pipelines.images.outputs import image_grid
 from pipelines.params.declarations import BY_NAME, Param, check_request, resolve_seed
 
+from .a1111_script import ARG_NAMES, make_converter
 from .axes import NOTHING, PROMPT_SR, parse_axis
 
 SECTION = "X/Y/Z plot"
@@ -58,6 +59,12 @@ def setup(ext):
                         doc="a random seed per cell instead of one seed for the whole plot"), section=SECTION)
     ext.add_param(Param(f"{PREFIX}include_images", bool, True, "Include sub images", None, widget="checkbox",
                         doc="return every cell's image after the grid (they are saved either way)"), section=SECTION)
+
+    def axis_name_of(param_name: str) -> str | None:
+        return next((name for name, p in axis_params().items() if p.name == param_name), None)
+
+    # A1111 clients (webuiapi & co.) run the plot as script_name="X/Y/Z plot" with positional script_args.
+    ext.add_script("X/Y/Z plot", make_converter(axis_name_of), args=ARG_NAMES)
 
     @ext.before_generation
     def drop_values_of_unused_axes(req):

@@ -125,11 +125,12 @@ def prepare(state: "ApiState", body, mode: str) -> PreparedRequest:
                             "its units were ignored")
         else:
             units = controlnet_units(state, script, budget)
-    script = given.get("script_name")
-    if script:
-        raise ParameterError("script_name", f"script {script!r} not found; this build has no selectable scripts")
-
     hooks = getattr(state.services.engine, "hooks", None)   # extensions' parameters → request.extra
+    script = given.get("script_name")
+    if script:   # A1111's selectable scripts are run by the extensions that declare them (hooks.add_script)
+        if hooks is None:
+            raise ParameterError("script_name", f"script {script!r} not found; this build has no selectable scripts")
+        values.update(hooks.script_values(script, given.get("script_args") or [], mode))
     request = make_request(values, extra_params=hooks.params if hooks is not None else ())
     parameters = body.model_dump(mode="json")
     prepared = PreparedRequest(mode, request, parameters,

@@ -492,18 +492,29 @@ def create_api_router(services, access=None) -> APIRouter:
     def get_realesrgan_models():
         return []
 
+    def selectable_scripts(mode: str) -> list:
+        hooks = state.services.engine.hooks
+        return [s for s in hooks.scripts if mode in s.modes and s.owner not in hooks.disabled]
+
     @route("/scripts", ["GET"], response_model=M.ScriptsList)
     def get_scripts():
+        """A1111's lists: script names in lower case, the selectable ones (script_name) and always-on ones."""
         alwayson = ["controlnet"] if state.controlnet_supported() else []
-        return {"txt2img": list(alwayson), "img2img": list(alwayson)}
+        return {mode: [s.title.lower() for s in selectable_scripts(mode)] + alwayson for mode in ("txt2img", "img2img")}
 
     @route("/script-info", ["GET"], response_model=list[dict[str, Any]])
     def get_script_info():
-        return []
+        return [{"name": s.title.lower(), "is_alwayson": False, "is_img2img": mode == "img2img",
+                 "args": [{"label": label} for label in s.args]}
+                for mode in ("txt2img", "img2img") for s in selectable_scripts(mode)]
 
     @route("/extensions", ["GET"], response_model=list[dict[str, Any]])
     def get_extensions():
-        return []
+        """A1111's shape (no git details: extensions here are folders, not necessarily clones); no paths."""
+        manager_ = state.services.extensions
+        rows = manager_.status_rows() if manager_ is not None else []
+        return [{"name": r["id"], "remote": None, "branch": None, "commit_hash": None, "commit_date": None,
+                 "version": r["version"], "enabled": r["enabled"], "status": r["status"]} for r in rows]
 
     @route("/memory", ["GET"], response_model=M.MemoryResponse)
     def get_memory():
