@@ -6,7 +6,8 @@ hash (A1111's `Model hash`, `VAE hash`, `Lora hashes`), rewrites LoRA tags to th
 lists every difference from the original: a missing or other version of a model, another VAE, a field
 this app does not honour, and the source tool's notes (a sampler with no exact counterpart...).
 
-Lookups go through the objects that own the files (a `ModelRegistry` and a `NetworkManager`), passed in.
+Lookups go through the objects that own the files (a `ModelRegistry` and a `NetworkManager`), passed in
+(this layer does not import them).
 Hashes are only computed for LoRAs, and only when one is not found by name: they are small files and the
 hashes are cached; checkpoints are matched by the hashes already known (as A1111 does).
 """
@@ -20,7 +21,6 @@ from typing import Any, Iterable
 from ..core.errors import UserError
 from ..params.declarations import request_values_from_infotext
 from ..params.infotext import build_infotext, parse_infotext
-from ..prompts.networks import LORA_KINDS, parse_prompt
 
 __all__ = ["INFO_ONLY_KEYS", "Reproduction", "is_info_only", "plan_reproduction"]
 
@@ -184,9 +184,7 @@ def _lora_by_hash(networks, digest: str):
 
 def _loras(networks, prompt: str, hashes: dict[str, str], differences: list[str]) -> str:
     """The prompt with each LoRA tag naming a local file: found by name, else by its hash."""
-    for tag in parse_prompt(prompt)[1]:
-        if tag.kind not in LORA_KINDS or not tag.name:
-            continue
+    for tag in networks.lora_tags(prompt):
         digest = hashes.get(tag.name.lower(), "")
         found = networks.find_lora(tag.name)
         if found is None and digest:

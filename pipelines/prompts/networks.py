@@ -544,6 +544,12 @@ class NetworkManager:
                 self._embedding_files = _scan(self.paths.dirs("embeddings"), EMBEDDING_EXTS)
             return list(self._embedding_files)
 
+    @staticmethod
+    def lora_tags(prompt: str) -> list[NetworkTag]:
+        """The `<lora:...>` / `<lyco:...>` tags of a prompt, in order (for code below this layer, e.g. the
+        reproduce summary of pipelines.images, which is handed a NetworkManager)."""
+        return [tag for tag in parse_prompt(prompt)[1] if tag.kind in LORA_KINDS and tag.name]
+
     def find_lora(self, name: str) -> NetworkFile | None:
         nf = _find(self.lora_files(), name)
         if nf is None:  # a file added since the last listing is found without pressing refresh
