@@ -349,8 +349,8 @@ class HookRegistry:
     def infotext(self, req: GenerationRequest, mode: str = "txt2img") -> dict[str, Any]:
         """The infotext pairs of the extension parameters set in `req.extra`, written by the same rules as the
         built-in ones (when they differ from the default, unless the Param's `write_if`/`written` say otherwise)."""
-        extra = getattr(req, "extra", None) or {}
-        return params_mod.written_pairs([ep.param for ep in self._params], params_mod.ImageContext(req, mode), extra)
+        return params_mod.written_pairs([ep.param for ep in self._params], params_mod.ImageContext(req, mode),
+                                        req.extra)
 
     # ------------------------------------------------------------------ failures
     def active(self, hook: str) -> bool:

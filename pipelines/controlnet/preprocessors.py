@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..core.download import fetch_from_hub, hub_offline, hub_reachable
-from ..core.errors import UserError
+from ..core.errors import ParameterError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +80,6 @@ class Preprocessor:
     def resolve(self, processor_res: float = -1, threshold_a: float = -1, threshold_b: float = -1,
                 field_prefix: str = "") -> tuple[int, float, float]:
         """Slider values with -1 → default; out-of-range values raise ParameterError naming the field."""
-        from ..core.errors import ParameterError
-
         out = []
         for name, slider, value in (("processor_res", self.resolution, processor_res),
                                     ("threshold_a", self.threshold_a, threshold_a),
@@ -360,8 +359,6 @@ class Annotators:
 
 def _controlnet_aux():
     """controlnet_aux, imported on first use (seconds); its warnings about optional extras are noise here."""
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import controlnet_aux

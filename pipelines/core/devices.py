@@ -6,6 +6,8 @@ import sys
 import time
 from dataclasses import dataclass
 
+from .vae_tiling import MODES
+
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
@@ -139,8 +141,6 @@ def make_policy(device: str | None = None, precision: str = "auto", attention: s
                 lowvram: bool = False, compile: bool = False, vae_tiling: str = "auto") -> DevicePolicy:
     """attention: "auto" (SDPA unless xformers runs here and a quick probe finds it faster),
     "xformers" (whenever its kernel runs here) or "sdpa"."""
-    from .vae_tiling import MODES
-
     if vae_tiling not in MODES:
         raise ValueError(f"VAE tiling {vae_tiling!r}: one of {', '.join(MODES)}")
     dev = pick_device(device)

@@ -13,6 +13,8 @@ import logging
 from contextlib import contextmanager
 from typing import Iterator
 
+import psutil
+
 log = logging.getLogger(__name__)
 
 MODES = ("auto", "on", "off")
@@ -40,8 +42,6 @@ def free_bytes(device: str) -> int:
 
         free, _total = torch.cuda.mem_get_info(torch.device(device))
         return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    import psutil
-
     return psutil.virtual_memory().available
 
 

@@ -21,6 +21,7 @@ import sqlite3
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime
+from io import BytesIO
 from pathlib import Path
 
 from PIL import Image
@@ -259,8 +260,6 @@ class HistoryIndex:
         if not thumb.exists():
             with Image.open(path) as im:
                 im.thumbnail((THUMB_SIDE, THUMB_SIDE))
-                from io import BytesIO
-
                 buf = BytesIO()
                 im.convert("RGB").save(buf, "WEBP", quality=80)
             atomic_write(thumb, buf.getvalue())

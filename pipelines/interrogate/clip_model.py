@@ -14,6 +14,7 @@ other model falls back to `encode_text` on full-length tokens.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from dataclasses import dataclass
@@ -279,8 +280,6 @@ class Continuations:
 # ---------------------------------------------------------------------- text tower internals
 
 def _accepts_context(tok) -> bool:
-    import inspect
-
     try:
         return "context_length" in inspect.signature(tok.__call__).parameters
     except (TypeError, ValueError):

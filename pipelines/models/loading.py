@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import pickle
 import shutil
 import tempfile
 import time
@@ -89,8 +90,6 @@ def sidecar_prediction_type(path: Path) -> str | None:
 
 def read_ckpt_state_dict(path: Path) -> dict:
     """A `.ckpt`/`.pt` is a pickle: only tensors and plain containers are accepted (weights_only)."""
-    import pickle
-
     import torch
 
     if not zipfile.is_zipfile(path):

@@ -43,6 +43,7 @@ from . import declarations as params
 from ..generate import samplers
 from ..core.errors import ParameterError, UserError
 from ..core.fileio import atomic_write
+from ..prompts.networks import set_lora_tags
 
 PRESETS_DIR = Path(__file__).resolve().parents[2] / "presets"
 DEFAULTS_FILE = "defaults.json"
@@ -398,8 +399,6 @@ class PresetStore:
                 folders = " or ".join(str(d) for d in self.networks.paths.dirs("lora"))
                 hint = f" (from {source})" if source else ""
                 warnings.append(f"{preset.name}: LoRA '{lora}' not found; put {lora}.safetensors in {folders}{hint}")
-        from ..prompts.networks import set_lora_tags
-
         values["prompt"] = set_lora_tags(values.get("prompt", ""), wanted, self.managed_loras())
         return values, warnings
 
