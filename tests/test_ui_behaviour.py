@@ -220,3 +220,42 @@ def test_paste_an_a1111_infotext_from_the_prompt_box(ui):
     by = dict(zip(names, updates))
     assert by["checkpoint"]["value"] == ui.current_checkpoint() or by["checkpoint"] == gr.update()
     assert by["vae"]["value"] == "vae-ft-mse-840000-ema-pruned.safetensors"
+
+
+def read_like_a1111(path):
+    """styles.csv as AUTOMATIC1111's StyleDatabase reads it (modules/styles.py: utf-8-sig, csv.DictReader)."""
+    import csv
+
+    with open(path, encoding="utf-8-sig", newline="") as file:
+        reader = csv.DictReader(file, skipinitialspace=True)
+        assert reader.fieldnames == ["name", "prompt", "negative_prompt"]
+        return {row["name"]: (row["prompt"], row["negative_prompt"]) for row in reader}
+
+
+def test_styles_editor_round_trip_writes_an_a1111_file(ui):
+    tab = ui.tab_objects["txt2img"]
+    editor = tab.styles_editor
+    fields, pickers = editor.everyone()
+    assert len(fields) == 2 and len(pickers) == 2                         # both tabs follow every change
+    assert str(ui.services.styles.path) in editor.hint()
+    with pytest.raises(gr.Error, match="name"):
+        editor.save_style(" ", "x", "")
+    updates = editor.save_style("Oil, thick", "{prompt}, oil painting, \"impasto\"", "photo")
+    assert all("Oil, thick" in u["choices"] for u in updates) and updates[len(fields)]["value"] == "Oil, thick"
+    path = ui.services.styles.path
+    assert path.read_bytes().startswith(b"\xef\xbb\xbf")                    # UTF-8 with BOM, as A1111 writes
+    assert read_like_a1111(path) == {"Oil, thick": ("{prompt}, oil painting, \"impasto\"", "photo")}
+    assert editor.load("Oil, thick") == ("Oil, thick", "{prompt}, oil painting, \"impasto\"", "photo")
+    assert editor.apply("Oil, thick", "a harbour", "blurry") == ("a harbour, oil painting, \"impasto\"",
+                                                                 "blurry, photo")
+    editor.save_style("Oil, thick", "{prompt}, oil painting", "")            # edit
+    editor.save_style("Moody", "dark and moody", "")
+    assert read_like_a1111(path) == {"Oil, thick": ("{prompt}, oil painting", ""), "Moody": ("dark and moody", "")}
+    req = tab.request_from({**{n: c.value for n, c in tab.fields.items()}, "styles": ["Oil, thick"],
+                            "prompt": "a cat"})
+    assert req.styles == ("Oil, thick",)
+    updates = editor.delete_style("Oil, thick", ["Oil, thick", "Moody"], [])
+    assert updates[0]["value"] == ["Moody"] and updates[0]["choices"] == ["Moody"]   # the field drops it too
+    assert read_like_a1111(path) == {"Moody": ("dark and moody", "")}
+    with pytest.raises(gr.Error, match="Choose the style"):
+        editor.delete_style(None, [], [])

@@ -49,6 +49,7 @@ class UIContext:
     tab_objects: dict[str, Any] = field(default_factory=dict)
     start_values: dict[str, Any] = field(default_factory=dict)   # the UI's defaults (presets/defaults.json)
     preset_dropdowns: list = field(default_factory=list)         # every tab's preset picker
+    style_pickers: list = field(default_factory=list)            # every tab's styles-editor list
 
     def __post_init__(self):
         store = getattr(self.services, "presets", None)
@@ -76,6 +77,10 @@ class UIContext:
             return fn()
 
         return handler
+
+    def generation_tabs(self) -> list:
+        """The txt2img and img2img tabs (those with prompts, presets and styles), once built."""
+        return [t for t in self.tab_objects.values() if hasattr(t, "presets") and hasattr(t, "fields")]
 
     @property
     def args(self):

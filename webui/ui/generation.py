@@ -57,6 +57,7 @@ class GenerationTab:
         self.controlnet = None                 # ControlNetPanel when ControlNet is available
         self.presets = None                    # PresetControls
         self.networks = None                   # ExtraNetworks
+        self.styles_editor = None              # StylesEditor
         self._jobs: dict[str, Any] = {}        # session → its current job (interrupt/skip act on it)
         self._lock = threading.Lock()
 
@@ -158,12 +159,15 @@ class GenerationTab:
         from ..extensions.loader import extension_widgets
         from .controlnet import ControlNetPanel, controlnet_available
         from .presets import ExtraNetworks
+        from .styles import StylesEditor
 
         self.ext_fields = extension_widgets(self.ctx, self.MODE)
 
         self.networks = ExtraNetworks(self)
         self.networks.build()
         self.presets.build_manager()
+        self.styles_editor = StylesEditor(self)
+        self.styles_editor.build()
         units = int(getattr(self.ctx.args, "controlnet_units", 3) or 0)
         if units > 0 and controlnet_available(self.services):
             self.controlnet = ControlNetPanel(self, units)
@@ -256,6 +260,8 @@ class GenerationTab:
         self.paste.click(self._paste_from_prompt, inputs=self.fields["prompt"], outputs=outputs, js=pick,
                          show_progress="hidden", api_visibility="private")
         self.presets.wire()
+        if self.styles_editor is not None:
+            self.styles_editor.wire()
 
     def _paste_from_image(self, path: str | None):
         """A PNG dropped on the prompt (or picked with ↙): its parameters fill this tab's fields."""
