@@ -113,3 +113,190 @@ def test_shipped_clip_vocabulary_is_open_clips():
     assert [tuple(line.split()) for line in lines] == sorted(reference.bpe_ranks, key=reference.bpe_ranks.get)
     text = "a photo of a Cat, wörld 日本 (masterpiece:1.2)"
     assert clip_tokenizer()(text).input_ids == [49406] + reference.encode(text) + [49407]
+
+
+# ------------------------------------------------------------------------------------------- Flux.1
+
+@pytest.fixture(scope="module")
+def flux(tmp_path_factory):
+    """A tiny Flux.1 dev in every layout under an A1111/Forge models/ folder, and its tiny configs."""
+    from bench.synth.factory import write_config_folder
+    from bench.synth.families import (diffusers_to_bfl, tiny_flux_pipeline, write_flux_files, write_flux_gguf,
+                                      write_t5_tokenizer)
+
+    root = tmp_path_factory.mktemp("flux")
+    pipe = tiny_flux_pipeline(write_t5_tokenizer(root / "tokenizer"))
+    write_flux_files(pipe, root / "models")
+    write_flux_gguf(diffusers_to_bfl(pipe.transformer.state_dict()), root / "models/Stable-diffusion/flux-tiny-Q8_0.gguf")
+    write_config_folder(pipe, root / "configs" / "flux")
+    return root
+
+
+@pytest.fixture(scope="module")
+def flux_manager(flux, tiny_models):
+    from pipelines.core.devices import make_policy
+    from pipelines.models.files import ModelPaths, ModelRegistry
+    from pipelines.models.manager import PipelineManager
+
+    import shutil
+
+    # the SD1 tiny model beside them, for switches between families (one config root holds both families)
+    shutil.copy(tiny_models.checkpoints / FILES["sd1"], flux / "models/Stable-diffusion/tiny-sd1.safetensors")
+    shutil.copytree(tiny_models.configs / "sd1", flux / "configs/sd1", dirs_exist_ok=True)
+    registry = ModelRegistry(ModelPaths(flux / "models", cache_dir=flux / "cache"))
+    return PipelineManager(registry, policy=make_policy("cpu", "fp32"), cache_size=6, config_root=flux / "configs")
+
+
+FLUX_LAYOUTS = ["flux-tiny-diffusers", "flux-tiny.safetensors", "flux-tiny-aio.safetensors", "flux-tiny-Q8_0.gguf"]
+
+
+@pytest.mark.parametrize("name", FLUX_LAYOUTS)
+def test_flux_detected_from_header_only(flux_manager, name, monkeypatch):
+    import safetensors.torch
+
+    monkeypatch.setattr(safetensors.torch, "load_file", lambda *a, **k: pytest.fail("tensor data read"))
+    arch = inspect_checkpoint(flux_manager.registry.find_checkpoint(name))
+    assert (arch.family, arch.variant, arch.label) == ("flux", "dev", "Flux.1 dev")
+
+
+def _flux_request(**kw):
+    return make_request({**dict(prompt="a cat", steps=2, width=64, height=64, seed=3, sampler_name="Euler",
+                                cfg_scale=1.0), **kw})
+
+
+def test_flux_txt2img_matches_bare_diffusers_and_every_layout_loads_the_same_model(flux_manager, flux, no_network):
+    from diffusers import FluxPipeline
+
+    from pipelines.generate.noise import image_noise
+
+    req = _flux_request()
+    images = {}
+    for name in FLUX_LAYOUTS:
+        flux_manager.load(name)
+        result = Engine(flux_manager).txt2img(req, save=False)
+        images[name] = np.asarray(result.images[0], np.int16)
+    # the reference: diffusers' FluxPipeline from the folder, the same CPU-drawn noise (16 channels, packed)
+    bare = FluxPipeline.from_pretrained(flux / "models/Stable-diffusion/flux-tiny-diffusers", local_files_only=True)
+    bare.set_progress_bar_config(disable=True)
+    noise, _ = image_noise((1, 16, 8, 8), [3])
+    reference = bare("a cat", guidance_scale=3.5, num_inference_steps=2, height=64, width=64,
+                     latents=bare._pack_latents(noise, 1, 16, 8, 8)).images[0]
+    reference = np.asarray(reference, np.int16)
+    assert reference.std() > 5   # an image, not a blank
+    for name in FLUX_LAYOUTS[:3]:   # same weights in every float layout
+        assert np.abs(images[name] - reference).max() <= 1, name
+    # Q8_0 keeps ~8 bits per weight: close to the float image, not identical
+    diff = np.abs(images["flux-tiny-Q8_0.gguf"] - reference)
+    assert 0 < diff.mean() < 2 and diff.max() < 40
+
+
+def test_flux_cfg_infotext_and_forge_paste(flux_manager):
+    flux_manager.load("flux-tiny.safetensors")
+    calls = []
+    handle = flux_manager.active.pipe.transformer.register_forward_pre_hook(
+        lambda m, a, k: calls.append(k["hidden_states"].shape[0]), with_kwargs=True)
+    try:
+        one = Engine(flux_manager).txt2img(_flux_request(distilled_cfg_scale=2.5), save=False)
+        assert calls == [1, 1]   # CFG 1: one pass per step, no negative prompt
+        calls.clear()
+        two = Engine(flux_manager).txt2img(_flux_request(cfg_scale=3.0, negative_prompt="blurry", scheduler="Beta",
+                                                         shift=2.0), save=False)
+        assert calls == [1, 1, 1, 1]   # true CFG: a negative pass per step
+    finally:
+        handle.remove()
+    text = one.infotexts[0]
+    assert "Sampler: Euler, Schedule type: Simple, CFG scale: 1" in text and "Distilled CFG Scale: 2.5" in text
+    assert "Shift" not in text
+    assert "Schedule type: Beta" in two.infotexts[0] and "Shift: 2," not in two.infotexts[0] and two.infotexts[0].endswith("Shift: 2")
+    # Forge's own infotext pastes: its keys reach the request
+    forge = ("a cat\nSteps: 20, Sampler: Euler, Schedule type: Simple, CFG scale: 1, Distilled CFG Scale: 3.5, "
+             "Seed: 1, Size: 896x1152, Model hash: 0ae0c0bc26, Model: flux1-dev-bnb-nf4-v2, Version: f2.0.1v1.10.1")
+    known, _ = request_values_from_infotext(parse_infotext(forge).params)
+    assert known["distilled_cfg_scale"] == 3.5 and known["cfg_scale"] == 1 and known["sampler_name"] == "Euler"
+    notice = Engine(flux_manager).txt2img(_flux_request(sampler_name="DPM++ 2M"), save=False)
+    assert "Sampler: Euler" in notice.infotexts[0] and any("Euler was used" in n for n in notice.notices)
+
+
+def test_switch_between_families_is_cached(flux_manager):
+    flux_manager.load("flux-tiny-aio.safetensors")
+    flux_manager.load("tiny-sd1")
+    reads = flux_manager.disk_loads
+    flux_manager.load("flux-tiny-aio.safetensors")
+    sd1 = flux_manager.load("tiny-sd1")
+    assert flux_manager.disk_loads == reads and sd1.arch.family == "sd1"
+    result = Engine(flux_manager).txt2img(make_request(prompt="a cat", steps=1, width=64, height=64, seed=1),
+                                          save=False)
+    assert "Distilled CFG Scale" not in result.infotexts[0]
+
+
+def test_flux_missing_parts_name_the_file_and_folder(flux, tmp_path):
+    import shutil
+
+    from pipelines.core.errors import ModelLoadError
+    from pipelines.models.files import ModelPaths
+    from pipelines.models.flux import load_flux
+
+    models = tmp_path / "models"
+    (models / "Stable-diffusion").mkdir(parents=True)
+    shutil.copy(flux / "models/Stable-diffusion/flux-tiny.safetensors", models / "Stable-diffusion")
+    mf = ModelFile(models / "Stable-diffusion/flux-tiny.safetensors", "flux-tiny.safetensors", "safetensors")
+    arch = inspect_checkpoint(mf)
+    paths = ModelPaths(models, cache_dir=tmp_path / "cache")
+    with pytest.raises(ModelLoadError, match=r"T5 tokenizer.*text_encoder/t5_tokenizer"):
+        load_flux(mf, arch, config_root=flux / "configs", paths=paths)
+    shutil.copytree(flux / "models/text_encoder/t5_tokenizer", models / "text_encoder/t5_tokenizer")
+    with pytest.raises(ModelLoadError, match=r"needs its VAE.*ae\.safetensors.*VAE/"):
+        load_flux(mf, arch, config_root=flux / "configs", paths=paths)
+    shutil.copytree(flux / "models/VAE", models / "VAE")
+    with pytest.raises(ModelLoadError, match=r"CLIP-L.*clip_l\.safetensors.*text_encoder/"):
+        load_flux(mf, arch, config_root=flux / "configs", paths=paths)
+
+
+def test_bfl_key_conversion_matches_diffusers():
+    """flux_keys.bfl_to_diffusers against diffusers' own converter: values for every tensor diffusers converts at
+    tiny width (its single-block split assumes width 3072, so those are given at full height), and keys and shapes
+    of a full-size Flux dev on meta tensors."""
+    from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpoint_to_diffusers
+
+    from pipelines.models import flux_keys
+
+    def bfl_shapes(inner, head, mlp, ctx=4096, pooled=768, channels=64, doubles=19, singles=38):
+        shapes = {"img_in.weight": [inner, channels], "txt_in.weight": [inner, ctx], "time_in.in_layer.weight": [inner, 256],
+                  "time_in.out_layer.weight": [inner, inner], "vector_in.in_layer.weight": [inner, pooled],
+                  "vector_in.out_layer.weight": [inner, inner], "guidance_in.in_layer.weight": [inner, 256],
+                  "guidance_in.out_layer.weight": [inner, inner], "final_layer.linear.weight": [channels, inner],
+                  "final_layer.adaLN_modulation.1.weight": [2 * inner, inner]}
+        for i in range(doubles):
+            for s in ("img", "txt"):
+                shapes.update({f"double_blocks.{i}.{s}_mod.lin.weight": [6 * inner, inner],
+                               f"double_blocks.{i}.{s}_attn.qkv.weight": [3 * inner, inner],
+                               f"double_blocks.{i}.{s}_attn.proj.weight": [inner, inner],
+                               f"double_blocks.{i}.{s}_attn.norm.query_norm.scale": [head],
+                               f"double_blocks.{i}.{s}_attn.norm.key_norm.scale": [head],
+                               f"double_blocks.{i}.{s}_mlp.0.weight": [mlp, inner],
+                               f"double_blocks.{i}.{s}_mlp.2.weight": [inner, mlp]})
+        for i in range(singles):
+            shapes.update({f"single_blocks.{i}.linear1.weight": [3 * inner + mlp, inner],
+                           f"single_blocks.{i}.linear2.weight": [inner, inner + mlp],
+                           f"single_blocks.{i}.modulation.lin.weight": [3 * inner, inner],
+                           f"single_blocks.{i}.norm.query_norm.scale": [head],
+                           f"single_blocks.{i}.norm.key_norm.scale": [head]})
+        shapes.update({k.replace(".weight", ".bias"): [v[0]] for k, v in list(shapes.items())
+                       if k.endswith(".weight") and len(v) == 2})
+        return shapes
+
+    full = {k: torch.empty(s, device="meta") for k, s in bfl_shapes(3072, 128, 12288).items()}
+    ours = flux_keys.bfl_to_diffusers(dict(full))
+    theirs = convert_flux_transformer_checkpoint_to_diffusers(dict(full))
+    assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v.shape) for k, v in theirs.items()}
+
+    gen = torch.Generator().manual_seed(0)
+    tiny = {k: torch.randn(s, generator=gen) for k, s in bfl_shapes(32, 16, 128, 32, 32, 64, 2, 1).items()}
+    # diffusers' split of linear1 needs 3 x 3072 + 12288 rows; the other tensors keep the tiny width
+    tiny["single_blocks.0.linear1.weight"] = torch.randn(3 * 3072 + 12288, 32, generator=gen)
+    tiny["single_blocks.0.linear1.bias"] = torch.randn(3 * 3072 + 12288, generator=gen)
+    theirs = convert_flux_transformer_checkpoint_to_diffusers(dict(tiny))
+    ours = flux_keys.bfl_to_diffusers({**tiny, "img_in.weight": tiny["img_in.weight"]})
+    split = ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")
+    compared = [k for k in theirs if not (k.startswith("single_transformer_blocks.") and any(s in k for s in split))]
+    assert len(compared) > 60 and all(torch.equal(ours[k], theirs[k]) for k in compared)

@@ -213,6 +213,7 @@ def _not_written(req: GenerationRequest) -> GenerationRequest:
     keep = {p.name: p.default for p in PARAMS if (p.infotext is None or "txt2img" not in p.modes)
             and p.name not in ("prompt", "negative_prompt")}  # the prompts are the text's first lines
     keep.pop("enable_hr")  # no key of its own: any "Hires ..." key means it was on
+    keep.update(distilled_cfg_scale=d["distilled_cfg_scale"], shift=d["shift"])  # written for Flux only (flow.py)
     keep.update({p.name: d[p.name] for p in PARAMS if "txt2img" not in p.modes})  # img2img-only: not in txt2img
     if not req.enable_hr:
         keep.update({k: d[k] for k in ("hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x",
@@ -304,7 +305,7 @@ def test_read_forge():
     req, unknown = _read(FORGE)
     assert (req.sampler_name, req.scheduler, req.cfg_scale, req.clip_skip) == ("DPM++ 2M SDE", "Exponential", 4.5, 2)
     assert (req.width, req.height, req.seed) == (832, 1216, 987654321)
-    assert unknown["Distilled CFG Scale"] == "3.5"
+    assert req.distilled_cfg_scale == 3.5 and "Distilled CFG Scale" not in unknown   # read since Flux support
     assert unknown["Diffusion in Low Bits"] == "Automatic (fp16 LoRA)"
     assert unknown["Beta schedule alpha"] == "0.6"
 

@@ -17,7 +17,7 @@ import torch
 
 from ..models import detect
 from ..params import declarations as params
-from . import samplers
+from . import flow, samplers
 from ..core import vae_tiling
 from ..prompts.conditioning import Conditioning, PromptEncoder, at_step
 from ..core.errors import Interrupted, Skipped, UserError
@@ -146,6 +146,11 @@ class Engine:
         start = time.perf_counter()
         with self.manager.lock:
             loaded = self._prepare_model(req)
+            if flow.handles(loaded):   # Flux: flow-matching transformer (pipelines.generate.flow)
+                result = flow.txt2img(self, loaded, req, GenerationResult(request=req), batch_seeds, control, save,
+                                      controlnet)
+                result.seconds = time.perf_counter() - start
+                return result
             cn = self._controlnet(controlnet, req, req.width, req.height)
             try:
                 with self.prompt_job(loaded, req) as job, self.vae_tiling(loaded, req, self._hires_size(req)):

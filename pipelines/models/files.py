@@ -15,11 +15,12 @@ from pathlib import Path
 from ..core.errors import UserError
 from .hashing import HashCache, legacy_hash
 
-CHECKPOINT_EXTS = (".safetensors", ".ckpt", ".pt", ".pth")
+CHECKPOINT_EXTS = (".safetensors", ".ckpt", ".pt", ".pth", ".gguf")   # .gguf: quantized Flux transformers
 VAE_EXTS = (".safetensors", ".pt", ".ckpt")
 SUBDIRS = {
     "checkpoints": "Stable-diffusion",
     "vae": "VAE",
+    "text_encoder": "text_encoder",   # Flux / SD 3.5 text encoders (clip_l, clip_g, t5xxl) and the T5 tokenizer
     "vae_approx": "VAE-approx",
     "lora": "Lora",
     "controlnet": "ControlNet",
@@ -61,7 +62,7 @@ class ModelFile:
 
     path: Path
     name: str           # path relative to its models folder, with extension (A1111's "name")
-    kind: str           # "safetensors", "ckpt" or "diffusers"
+    kind: str           # "safetensors", "ckpt", "gguf" or "diffusers"
     sha256: str | None = None
 
     @property
@@ -94,7 +95,7 @@ def _scan(folder: Path, exts: tuple[str, ...], allow_diffusers: bool) -> list[tu
         for f in sorted(files):
             low = f.lower()
             if low.endswith(exts) and not low.endswith((".vae.safetensors", ".vae.pt", ".vae.ckpt")):
-                kind = "safetensors" if low.endswith(".safetensors") else "ckpt"
+                kind = "safetensors" if low.endswith(".safetensors") else "gguf" if low.endswith(".gguf") else "ckpt"
                 found.append((root_p / f, (root_p / f).relative_to(folder).as_posix(), kind))
     return found
 

@@ -22,7 +22,8 @@ from typing import Callable
 from . import detect
 from .detect import Architecture
 from ..core.errors import ModelLoadError
-from .files import ModelFile
+from .files import ModelFile, ModelPaths
+from . import flux
 from .tokenizers import clip_tokenizer
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,8 @@ def inspect_checkpoint(mf: ModelFile, default_prediction: str = "epsilon") -> Ar
         return detect.detect_diffusers_folder(mf.path)
     if mf.kind == "safetensors":
         shapes = detect.shapes_from_header(detect.read_safetensors_header(mf.path))
+    elif mf.kind == "gguf":
+        shapes = detect.read_gguf_shapes(mf.path)
     else:
         shapes = {k: list(v.shape) for k, v in read_ckpt_state_dict(mf.path).items() if hasattr(v, "shape")}
     arch = detect.detect_architecture(shapes, mf.name)
@@ -169,11 +172,15 @@ def _pipeline_class(arch: Architecture):
 
 
 def load_checkpoint(mf: ModelFile, *, arch: Architecture | None = None, config_root: Path = CONFIG_ROOT,
-                    dtype=None, progress: Progress = _noop) -> LoadedCheckpoint:
-    """Load a checkpoint into RAM (CPU) as a diffusers pipeline; the caller moves it to the device."""
+                    dtype=None, progress: Progress = _noop, paths: ModelPaths | None = None) -> LoadedCheckpoint:
+    """Load a checkpoint into RAM (CPU) as a diffusers pipeline; the caller moves it to the device.
+    `paths`: the models folders, where Flux finds the VAE / text encoders its file does not include."""
     start = time.perf_counter()
     progress("reading header", 0.0)
     arch = arch or inspect_checkpoint(mf)
+    if arch.family == detect.FLUX:
+        return _loaded(_load_with_errors(mf, arch, lambda: flux.load_flux(
+            mf, arch, config_root=config_root, dtype=dtype, paths=paths)), mf, arch, start, progress)
     cls = _pipeline_class(arch)
     modules, _ = cls._get_signature_keys(cls)
     # No safety checker: A1111 ships none either, and it would need weights from the Hub.
@@ -203,12 +210,28 @@ def load_checkpoint(mf: ModelFile, *, arch: Architecture | None = None, config_r
                                  "the file may be a partial download or not a full model") from err
         raise ModelLoadError(f"{mf.name}: could not be loaded as {arch.label} ({type(err).__name__}: "
                              f"{str(err).splitlines()[0][:300] if str(err) else ''})") from err
+    return _loaded(pipe, mf, arch, start, progress)
+
+
+def _loaded(pipe, mf: ModelFile, arch: Architecture, start: float, progress: Progress) -> LoadedCheckpoint:
     _check_complete(pipe, mf, arch)
     progress("weights loaded", 0.9)
     pipe.set_progress_bar_config(disable=True)
     loaded = LoadedCheckpoint(mf, arch, pipe, dict(pipe.scheduler.config), time.perf_counter() - start)
     loaded.own_vae = pipe.vae
     return loaded
+
+
+def _load_with_errors(mf: ModelFile, arch: Architecture, load: Callable[[], object]):
+    """`load()`, with the many exception types diffusers/safetensors raise for a broken file named as one."""
+    try:
+        return load()
+    except ModelLoadError:
+        raise
+    except Exception as err:
+        log.exception("loading %s failed", mf.path)
+        raise ModelLoadError(f"{mf.name}: could not be loaded as {arch.label} ({type(err).__name__}: "
+                             f"{str(err).splitlines()[0][:300] if str(err) else ''})") from err
 
 
 def _check_complete(pipe, mf: ModelFile, arch: Architecture) -> None:

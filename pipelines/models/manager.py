@@ -102,8 +102,8 @@ class PipelineManager:
             def sub_progress(stage: str, frac: float) -> None:
                 self._progress(f"loading {mf.name}: {stage}", frac * 0.9)
 
-            loaded = loading.load_checkpoint(mf, arch=arch, config_root=self.config_root,
-                                             dtype=self.policy.dtype, progress=sub_progress)
+            loaded = loading.load_checkpoint(mf, arch=arch, config_root=self.config_root, dtype=self.policy.dtype,
+                                             progress=sub_progress, paths=self.registry.paths)
         except UserError:
             if dropped is not None and self.active is None:
                 self._restore(dropped)
@@ -161,7 +161,8 @@ class PipelineManager:
 
     def _place(self, loaded: LoadedCheckpoint, device: str) -> None:
         pipe = loaded.pipe
-        if self.policy.compile and device == self.policy.device and not getattr(pipe.unet, "_compiled", False):
+        if self.policy.compile and device == self.policy.device and hasattr(pipe, "unet") \
+                and not getattr(pipe.unet, "_compiled", False):   # (Flux: its transformer is not compiled yet)
             # In place (nn.Module.compile), so every mode pipeline sharing this UNet runs the compiled one.
             # The first generation at a new size pays the compilation; Inductor caches kernels on disk.
             if not self._on_gpu:
@@ -231,7 +232,8 @@ class PipelineManager:
         return self.active
 
     # ------------------------------------------------------------------ tiny VAE (TAESD)
-    TINY_VAE_FOLDERS = {detect.SD1: "taesd", detect.SD2: "taesd", detect.SDXL: "taesdxl", detect.SDXL_REFINER: "taesdxl"}
+    TINY_VAE_FOLDERS = {detect.SD1: "taesd", detect.SD2: "taesd", detect.SDXL: "taesdxl", detect.SDXL_REFINER: "taesdxl",
+                        detect.FLUX: "taef1"}
 
     def tiny_vae(self):
         """The active family's TAESD decoder (diffusers AutoencoderTiny folder in models/VAE-approx/taesd or
@@ -303,6 +305,11 @@ class PipelineManager:
 
         xl = loaded.arch.family in (detect.SDXL, detect.SDXL_REFINER)
         base = loaded.pipe
+        if loaded.arch.family in detect.FLOW_FAMILIES:
+            if mode != "txt2img":
+                raise UserError(f"{loaded.info.name} is {loaded.arch.label}: {mode} is not available for this family "
+                                "yet (txt2img only)")
+            return base
         if loaded.arch.family == detect.SDXL_REFINER and mode == "txt2img":
             raise UserError(f"{loaded.info.name} is an SDXL refiner: it only works in img2img/inpaint")
         if loaded.arch.inpaint and mode != "inpaint":

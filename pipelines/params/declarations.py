@@ -165,6 +165,10 @@ def _clip_skip_written(value, _default) -> bool:
     return value > 1  # A1111 writes "Clip skip" only above 1
 
 
+def _by_flow_models(_c) -> bool:
+    return False  # pipelines.generate.flow adds these keys itself: only it knows the model is Flux
+
+
 def _positive(value, _default) -> bool:
     return value > 0
 
@@ -277,6 +281,12 @@ class GenerationRequest:
     # the guided prediction's std is pulled back toward the conditional one; for v-prediction / zero-SNR models.
     guidance_rescale: float = param(0.0, "CFG Rescale phi", "CFG Rescale phi", 0.0, 1.0, 0.05, group="sampling",
         doc="0 = off; 0.7 is the paper's value for zero-terminal-SNR v-prediction models (NoobAI-XL v-pred)")
+    # Flux.1 / flow-matching models: pipelines.generate.flow writes these keys, only for those families (as Forge).
+    distilled_cfg_scale: float = param(3.5, "Distilled CFG Scale", "Distilled CFG Scale", 0.0, 30.0, 0.1,
+        group="sampling", written=_by_flow_models,
+        doc="Flux.1 dev's guidance embedding (Forge's name); CFG scale 1 = no negative prompt pass")
+    shift: float = param(0.0, "Shift", "Shift", 0.0, 20.0, 0.1, group="sampling", written=_by_flow_models,
+        doc="flow-matching timestep shift; 0 = the model's own (Flux dev: by resolution, schnell: 1)")
     clip_skip: int = param(1, "Clip skip", "Clip skip", 1, 12, 1, group="sampling", write_if=_clip_skip_written)
     eta: float = param(0.0, "Eta (DDIM / ancestral noise)", "Eta", 0.0, 1.0, 0.01, group="sampling")
     batch_size: int = param(1, "Batch size", None, 1, 8, 1, group="batch")
