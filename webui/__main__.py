@@ -170,8 +170,12 @@ def main(argv: list[str] | None = None) -> int:
 
         threading.Thread(target=webbrowser.open, args=(url,), daemon=True).start()
 
-    if demo is not None and ckpt is None:
+    if demo is not None and ckpt is None:   # (the engine's imports first, see warm_tokenizer)
         threading.Thread(target=warm_tokenizer, name="warm-tokenizer", daemon=True).start()
+    elif ckpt is None:
+        from .app.imports import start_background_imports
+
+        start_background_imports()
 
     stop = threading.Event()
 

@@ -67,15 +67,33 @@ def imports_done() -> bool:
 
 class ImportGate:
     """ASGI middleware: a request that can run engine code waits (off the event loop) until the engine's
-    imports are complete."""
+    imports are complete. With a UI login, a UI request without Gradio's session cookie goes straight on
+    (Gradio refuses it; it must not wait, nor make anyone wait). API credentials were checked outside."""
 
-    def __init__(self, app):
+    def __init__(self, app, ui_login: bool = False):
         self.app = app
+        self.ui_login = ui_login
+
+    def _gated(self, scope) -> bool:
+        path = scope.get("path", "")
+        if scope.get("method", "GET") not in GATED_METHODS or path.endswith(UNGATED_PATHS):
+            return False
+        if self.ui_login and path.startswith("/gradio_api/"):
+            cookies = dict(scope.get("headers", [])).get(b"cookie", b"")
+            return b"access-token" in cookies
+        return True
 
     async def __call__(self, scope, receive, send):
-        if (scope["type"] == "http" and not _done.is_set() and scope.get("method", "GET") in GATED_METHODS
-                and not scope.get("path", "").endswith(UNGATED_PATHS)):
+        if scope["type"] == "http" and not _done.is_set() and self._gated(scope):
             from starlette.concurrency import run_in_threadpool
 
             await run_in_threadpool(ensure_engine_imports)
         return await self.app(scope, receive, send)
+
+
+def start_background_imports() -> threading.Thread:
+    """No start-up load to do them (--ui-debug-mode, no checkpoint): import in the background now, so the
+    first request rarely waits."""
+    thread = threading.Thread(target=ensure_engine_imports, name="engine-imports", daemon=True)
+    thread.start()
+    return thread

@@ -105,7 +105,7 @@ def create_app(services: Services, access: AccessControl, demo=None, *, api: boo
         hooks.app_started(app)
         _ui_mount_last(app)
     # Outermost (added last): every route, the UI's and extensions' included, sits behind the Host/Origin checks.
-    app.add_middleware(ImportGate)   # engine requests wait for the start-up imports (no half-imported diffusers)
+    app.add_middleware(ImportGate, ui_login=access.enabled)   # engine requests wait for the start-up imports (no half-imported diffusers)
     app.add_middleware(AuthGate, access=access, router=app.router)   # Basic on every non-UI route, login limit
     policy = HostPolicy.from_args(services.args)
     app.state.host_policy = policy
