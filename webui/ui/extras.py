@@ -11,16 +11,13 @@ from __future__ import annotations
 import html
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gradio as gr
 
 from pipelines.core.errors import UserError
 
 from .common import errors_to_ui, progress_html, user_error
-
-if TYPE_CHECKING:
-    from .blocks import UIContext
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +27,7 @@ MAX_UPLOADS = 64
 
 
 class ExtrasTab:
-    def __init__(self, ctx: "UIContext"):
+    def __init__(self, ctx: Any):   # blocks.UIContext (not imported: the tabs stay out of blocks' import cycle)
         self.ctx = ctx
         self.services = ctx.services
 
