@@ -54,7 +54,8 @@ def test_comfyui_api_prompt(tmp_path):
     assert prompt == "masterpiece best quality girl"
     assert negative == "bad hands"
     assert params["Seed"] == "8566257" and params["Steps"] == "20" and params["CFG scale"] == "8"
-    assert params["Sampler"] == "Euler" and params["Schedule type"] == "Normal"
+    # ComfyUI's "normal" schedule is k-diffusion's own sigmas: A1111's "Automatic"
+    assert params["Sampler"] == "Euler" and params["Schedule type"] == "Automatic"
     assert params["Size"] == "512x768"
     assert params["Model"] == "v1-5-pruned-emaonly"
 

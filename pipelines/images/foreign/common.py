@@ -77,7 +77,9 @@ KDIFF_SAMPLERS: dict[str, tuple[str, str | None]] = {
 
 # ComfyUI/Fooocus scheduler names -> A1111 1.10 "Schedule type" names (A1111 took several from ComfyUI).
 KDIFF_SCHEDULES: dict[str, str] = {
-    "normal": "Normal",
+    # ComfyUI's "normal" spaces the timesteps evenly from t(sigma_max) to t(sigma_min) and interpolates log
+    # sigma: exactly k-diffusion's own get_sigmas, i.e. A1111's "Automatic" for the k-diffusion samplers.
+    "normal": "Automatic",
     "karras": "Karras",
     "exponential": "Exponential",
     "sgm_uniform": "SGM Uniform",
