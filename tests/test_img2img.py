@@ -91,19 +91,19 @@ def test_each_resize_mode_gives_the_requested_size(engine, mode):
     result = engine.img2img(_req(resize_mode=mode, width=64, height=96, steps=2, denoising_strength=0.5),
                             [_image(100, 40)], save=False)
     assert [im.size for im in result.images] == [(64, 96)]
-    assert result.steps_run == 1
+    assert result.steps_run == 2   # A1111: t_enc + 1 = int(0.5 x 2) + 1
     assert "Resize mode: " + ii.RESIZE_MODES[mode] in result.infotexts[0] or mode == 0
 
 
-def test_steps_run_is_steps_times_strength_and_progress_shows_both(engine, monkeypatch):
+def test_steps_run_is_a1111s_t_enc_plus_one_and_progress_shows_both(engine, monkeypatch):
     _use(engine, "sd1")
     calls = _Calls(monkeypatch, engine.manager.pipeline("img2img").unet)
     control, texts = JobControl(), []
     update = control.update
     monkeypatch.setattr(control, "update", lambda **c: (texts.append(c.get("text")), update(**c)))
     result = engine.img2img(_req(steps=4, denoising_strength=0.5), _image(64, 64), control=control, save=False)
-    assert result.steps_run == 2 and calls.n == 2
-    assert any(t and "2 of 4 steps" in t and "step 2/2" in t for t in texts), texts
+    assert result.steps_run == 3 and calls.n == 3   # A1111: t_enc = int(0.5 x 4), t_enc + 1 steps
+    assert any(t and "3 of 4 steps" in t and "step 3/3" in t for t in texts), texts
     assert control.snapshot().fraction == 1.0
 
 
@@ -116,8 +116,9 @@ def test_denoising_zero_returns_the_vae_round_trip_without_sampling(engine, monk
     assert calls.n == 0 and result.steps_run == 0 and not result.notices
     round_trip = engine._decode(pipe, _encode_images(pipe, [init]))[0]
     assert np.abs(_arr(result.images[0]) - _arr(round_trip)).max() <= 1
-    # strength above 0 but below one step: the same, with a notice saying so
-    result = engine.img2img(_req(denoising_strength=0.1, steps=4), init, save=False)
+    # strength above 0 but below one step of a diffusers sampler: the same, with a notice saying so (A1111's
+    # k-diffusion samplers run t_enc + 1 = 1 step there)
+    result = engine.img2img(_req(denoising_strength=0.1, steps=4, sampler_name="DDIM"), init, save=False)
     assert calls.n == 0 and any("less than one step" in n for n in result.notices)
 
 
@@ -164,7 +165,7 @@ def test_inpainting_keeps_pixels_outside_the_mask(engine, arch, fill):
 def test_nine_channel_checkpoint_runs_plain_img2img_too(engine):
     _use(engine, "sd1_inpaint")
     result = engine.img2img(_req(steps=2), _image(80, 48), save=False)
-    assert result.images[0].size == (SIZE, SIZE) and result.steps_run == 1
+    assert result.images[0].size == (SIZE, SIZE) and result.steps_run == 2   # int(0.75 x 2) + 1
 
 
 @pytest.mark.parametrize("arch", ["sd1", "sd1_inpaint"])

@@ -108,7 +108,7 @@ def test_out_of_range_names_the_field(name, value, message):
 
 
 def test_schedule_type_must_suit_the_sampler():
-    err = _error(sampler_name="Euler a", scheduler="Karras")
+    err = _error(sampler_name="DDIM", scheduler="Karras")   # A1111's k-diffusion samplers take every type
     assert err.field == "scheduler" and "supports: Automatic" in str(err)
 
 
@@ -285,8 +285,8 @@ def test_read_a1111_before_schedule_types():
     assert (req.width, req.height, req.clip_skip, req.sd_model_checkpoint) == (512, 640, 2, "anything-v5")
     assert req.enable_hr and (req.hr_scale, req.hr_second_pass_steps, req.denoising_strength) == (1.75, 12, 0.5)
     assert req.hr_upscaler == "Latent (nearest-exact)"
-    assert unknown == {"Model hash": "7f96a1a9ca", "ENSD": "31337", "Lora hashes": "blush_v2: 2a8c3c1f0f2e",
-                       "Version": "v1.6.0"}
+    assert unknown == {"Model hash": "7f96a1a9ca", "Lora hashes": "blush_v2: 2a8c3c1f0f2e", "Version": "v1.6.0"}
+    assert req.eta_noise_seed_delta == 31337
 
 
 def test_read_a1111_1_10():
@@ -314,16 +314,18 @@ def test_read_sdnext_keeps_its_keys():
     req, unknown = _read(SDNEXT)
     assert (req.steps, req.seed, req.cfg_scale, req.eta, req.sd_model_checkpoint) == (16, 1620085323, 6.0, 0.3,
                                                                                       "dreamshaper_8")
-    assert req.sampler_name == "Euler a"  # unknown sampler: the default, with the original kept below
-    assert unknown["Sampler"] == "DPM++ 2M SDE Heun"
+    assert req.sampler_name == "DPM++ 2M SDE Heun" and "Sampler" not in unknown   # A1111 1.10 has it too
     for key in ("Parser", "Backend", "App", "Pipeline", "Operations", "Sampler spacing", "Version"):
         assert key in unknown
     assert not req.enable_hr
 
 
 def test_schedule_type_this_sampler_lacks_is_kept_not_fatal():
-    # A1111 1.9+ allows any schedule type with "Euler a"; diffusers' class has no Karras option
+    # A1111 1.9+ allows any schedule type with its k-diffusion samplers (so do we); DDIM here has none
     req, unknown = _read("a cat\nSteps: 20, Sampler: Euler a, Schedule type: Karras, CFG scale: 7, Seed: 1, "
                          "Size: 512x512")
-    assert (req.sampler_name, req.scheduler) == ("Euler a", "Automatic")
+    assert (req.sampler_name, req.scheduler) == ("Euler a", "Karras")
+    req, unknown = _read("a cat\nSteps: 20, Sampler: DDIM, Schedule type: Karras, CFG scale: 7, Seed: 1, "
+                         "Size: 512x512")
+    assert (req.sampler_name, req.scheduler) == ("DDIM", "Automatic")
     assert unknown == {"Schedule type": "Karras"}

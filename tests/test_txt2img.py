@@ -259,7 +259,8 @@ def test_sdxl_prompt_editing_swaps_pooled_too(sdxl):
         alt_calls.remove()
     assert [_which(c["pooled"][1], {"cat": cat.pooled[0], "dog": dog.pooled[0]}) for c in alt_calls.calls] == \
         ["cat", "cat", "dog", "cat"]
-    assert edited.images[0].tobytes() != _run(sdxl, prompt="a cat").images[0].tobytes()
+    # (vs "a dog": with "a cat" only the last evaluation differs, at sigma 0.03: below 8 bits on the tiny model)
+    assert edited.images[0].tobytes() != _run(sdxl, prompt="a dog").images[0].tobytes()
 
 
 def test_second_order_sampler_schedule_counts_model_evaluations(sd1):

@@ -17,7 +17,7 @@ import torch
 
 from ..models import detect
 from ..params import declarations as params
-from . import flow, samplers
+from . import flow, kscheduler, samplers
 from ..core import vae_tiling
 from ..prompts.conditioning import Conditioning, PromptEncoder, at_step
 from ..core.errors import Interrupted, Skipped, UserError
@@ -253,7 +253,8 @@ class Engine:
                 latents, gens = self._sample(pipe, loaded, encoder, enc_req, req.steps, req.width, req.height,
                                              b_seeds, b_subseeds, tracker, b0, "txt2img", cn=cn)
                 if hr_size:
-                    latents = self._hires(loaded, encoder, enc_req, latents, gens, hr_size, hr_steps, tracker, b0, cn=cn)
+                    latents = self._hires(loaded, encoder, enc_req, latents, gens, hr_size, hr_steps, tracker, b0, cn=cn,
+                                          seeds=b_seeds, subseeds=b_subseeds)
                 images = self._final_decode(pipe, latents, req, result)
             except Skipped:
                 result.skipped += 1
@@ -322,7 +323,7 @@ class Engine:
 
     def _sample(self, pipe, loaded, encoder, req, steps, width, height, seeds, subseeds, tracker, image0, label,
                 image=None, strength=None, gens=None, hires_steps=None, mask=None, masked_image_latents=None,
-                noise=None, cn=None):
+                noise=None, cn=None, latent_mask=None):
         """One diffusers call producing latents; prompt schedules swap embeddings between steps.
 
         `steps` is diffusers' num_inference_steps; for the hires pass `hires_steps` of them are run.
@@ -346,13 +347,33 @@ class Engine:
                 kwargs["masked_image_latents"] = masked_image_latents.to(device, dtype)
         elif loaded.arch.inpaint:
             kwargs.update(_full_mask_inputs(pipe, width, height, image))
-        pipe.scheduler = samplers.build_scheduler(loaded.scheduler_config, req.sampler_name, req.scheduler)
-        if noise is not None and image is not None:
-            kwargs.update(_seeded_noise(pipe, noise.to(device, dtype), strength))
-        if hires_steps:
-            cond_sched, uncond_sched = self._embeds(encoder, req, req.steps, hires_steps, pipe.scheduler.order)
+        sampler, _ = samplers.resolve(req.sampler_name, req.scheduler)
+        if sampler.k is not None:   # A1111's own computation (pipelines.generate.kscheduler)
+            pipe_image = image
+            if image is not None and not isinstance(image, torch.Tensor):
+                image = _encode_images(pipe, image).float()   # pixel inputs (hires upscalers, ControlNet inpaint)
+            if image is not None and noise is None:           # hires: fresh per-image noise at the new size (A1111)
+                noise, gens = image_noise(tuple(image.shape), seeds, subseeds, req.subseed_strength)
+            run_steps = None if image is None else (hires_steps or img2img_steps(sampler, steps, strength))
+            pipe.scheduler = kscheduler.build(
+                loaded.scheduler_config, sampler, k_settings(req, loaded), steps, noise=noise.to(device),
+                generators=gens, seeds=seeds, run_steps=run_steps,
+                init_latents=None if image is None else image.to(device, torch.float32),
+                mask=latent_mask if mask is not None else None)
+            if image is not None:
+                # the scheduler owns the tail: the pipeline runs all its steps
+                kwargs.update(image=pipe_image if pipe_image is not image else image.to(device, dtype), strength=1.0)
+            gens = torch.Generator("cpu").manual_seed(0)                     # what the pipeline draws is unused
+            order = pipe.scheduler.prompt_steps_multiplier
         else:
-            cond_sched, uncond_sched = self._embeds(encoder, req, steps, None, pipe.scheduler.order)
+            pipe.scheduler = samplers.build_scheduler(loaded.scheduler_config, req.sampler_name, req.scheduler)
+            if noise is not None and image is not None:
+                kwargs.update(_seeded_noise(pipe, noise.to(device, dtype), strength))
+            order = pipe.scheduler.order
+        if hires_steps:
+            cond_sched, uncond_sched = self._embeds(encoder, req, req.steps, hires_steps, order)
+        else:
+            cond_sched, uncond_sched = self._embeds(encoder, req, steps, None, order)
 
         def embeds_at(step: int) -> tuple[Conditioning, Conditioning]:
             return at_step(cond_sched, step), at_step(uncond_sched, step)
@@ -410,7 +431,8 @@ class Engine:
                        **kwargs).images
         return latents, gens
 
-    def _hires(self, loaded, encoder, req, latents, gens, size, steps, tracker, image0, cn=None):
+    def _hires(self, loaded, encoder, req, latents, gens, size, steps, tracker, image0, cn=None, seeds=None,
+               subseeds=None):
         w, h = size
         pipe = self._mode_pipeline("img2img", cn)
         # 9-channel inpainting UNets need a real image (+ mask) for the second pass: upscale in pixels.
@@ -425,7 +447,8 @@ class Engine:
         total = _hires_total(loaded, steps, req.denoising_strength)
         # diffusers runs int(total * strength) steps: ask for exactly `steps` (A1111's t_enc + 1)
         strength = min(1.0, (steps + 0.5) / total)
-        out, _ = self._sample(pipe, loaded, encoder, req, total, w, h, [0] * latents.shape[0], None, tracker,
+        seeds = seeds if seeds is not None else [0] * latents.shape[0]
+        out, _ = self._sample(pipe, loaded, encoder, req, total, w, h, seeds, subseeds, tracker,
                               image0, "hires", image=image, strength=strength, gens=gens, hires_steps=steps, cn=cn)
         return out
 
@@ -475,9 +498,35 @@ def _hires_total(loaded, steps: int, denoising_strength: float) -> int:
     return min(cap, max(steps, int(steps / min(denoising_strength, 0.999))))
 
 
+def k_settings(req: GenerationRequest, loaded) -> kscheduler.KSettings:
+    """The request's k-diffusion settings. Eta: A1111's ancestral/SDE default is 1 (eta 0 = no noise);
+    the request's Eta applies when set."""
+    _, schedule = samplers.resolve(req.sampler_name, req.scheduler)
+    return kscheduler.KSettings(
+        schedule=schedule,
+        schedule_options=samplers.ScheduleOptions(sigma_min=getattr(req, "sigma_min", None) or None,
+                                                  sigma_max=getattr(req, "sigma_max", None) or None,
+                                                  rho=getattr(req, "rho", None) or None),
+        eta=req.eta or 1.0, s_churn=getattr(req, "s_churn", 0.0), s_tmin=getattr(req, "s_tmin", 0.0),
+        s_tmax=getattr(req, "s_tmax", 0.0), s_noise=getattr(req, "s_noise", 1.0),
+        ensd=getattr(req, "eta_noise_seed_delta", 0),
+        sdxl=loaded.arch.family in (detect.SDXL, detect.SDXL_REFINER))
+
+
+def img2img_steps(sampler: samplers.Sampler, steps: int, strength: float) -> int:
+    """Steps img2img runs: A1111's t_enc + 1 for its k-diffusion samplers (t_enc = int(min(strength,
+    0.999) x steps), for any strength above 0); diffusers' int(steps x strength) for the others."""
+    if sampler.k is not None and strength > 0:
+        return int(min(strength, 0.999) * steps) + 1
+    return int(steps * strength)
+
+
 def _callbacks(loaded, req: GenerationRequest, steps: int, run: int | None = None) -> int:
     """Step callbacks diffusers makes for `steps` inference steps (the last `run` of them for img2img):
     second-order samplers (Heun, DPM2, DPM++ SDE) call back at every model evaluation, PLMS once more."""
+    sampler, _ = samplers.resolve(req.sampler_name, req.scheduler)
+    if sampler.k is not None:
+        return kscheduler.evaluations(loaded.scheduler_config, sampler, k_settings(req, loaded), steps, run)
     scheduler = samplers.build_scheduler(loaded.scheduler_config, req.sampler_name, req.scheduler)
     scheduler.set_timesteps(steps)
     timesteps = scheduler.timesteps

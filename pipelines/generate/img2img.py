@@ -34,7 +34,9 @@ from ..images import inputs as image_inputs, metadata as image_metadata
 from ..params import declarations as params
 from ..prompts.conditioning import PromptEncoder
 from ..core.errors import Interrupted, Skipped, UserError
-from .engine import Engine, GenerationResult, _call_params, _callbacks, _encode_images, _StepTracker, batch_seeds
+from . import samplers
+from .engine import (Engine, GenerationResult, _call_params, _callbacks, _encode_images, _StepTracker, batch_seeds,
+                     img2img_steps)
 from ..images.inputs import PreparedImage
 from ..core.jobs import JobControl
 from .noise import image_noise
@@ -143,7 +145,8 @@ def _run(engine: Engine, req: GenerationRequest, loaded, prepared: list[Prepared
     w, h, bs = req.width, req.height, req.batch_size
     n_images = bs * req.n_iter
     seeds, subseeds = batch_seeds(req)
-    run = int(req.steps * req.denoising_strength)
+    # what the sampler runs: A1111's t_enc + 1 for the k-diffusion samplers, int(steps x strength) otherwise
+    run = img2img_steps(samplers.resolve(req.sampler_name, req.scheduler)[0], req.steps, req.denoising_strength)
     if run < 1 and req.denoising_strength > 0:
         notices.append(f"denoising strength {req.denoising_strength:g} x {req.steps} steps is less than one step: "
                        f"no sampling was done, the result is the init image")
@@ -187,7 +190,8 @@ def _run(engine: Engine, req: GenerationRequest, loaded, prepared: list[Prepared
                                             batch_subseeds, tracker, b0, label,
                                             image=pixels if pixel_input else start,
                                             strength=req.denoising_strength, gens=gens, mask=mask_pils,
-                                            masked_image_latents=masked_latents, noise=noise, cn=cn)
+                                            masked_image_latents=masked_latents, noise=noise, cn=cn,
+                                            latent_mask=latent_mask)
             else:
                 latents = start
                 if control is not None:

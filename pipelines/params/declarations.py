@@ -270,7 +270,8 @@ class GenerationRequest:
         group="seed", written=_varied)
     denoising_strength: float = param(0.7, "Denoising strength", "Denoising strength", 0.0, 1.0, 0.01,
         group="hires", write_if=_always, written=_denoised,
-        doc="img2img: steps run = int(steps x strength); txt2img: the hires pass (written only with hires fix)")
+        doc="img2img: steps run = int(steps x strength) + 1 (A1111's t_enc + 1; int(steps x strength) for DDIM, "
+            "PLMS, UniPC, LCM, TCD, DEIS); txt2img: the hires pass (written only with hires fix)")
     vae_type: str = param("Full", "VAE type", "VAE type", choices=("Full", "Tiny"), widget="dropdown",
         group="sampling", doc="Tiny decodes the final image with TAESD (models/VAE-approx/taesd or taesdxl, "
                               "diffusers format): ~20x cheaper than the full VAE, slightly softer")
@@ -288,7 +289,21 @@ class GenerationRequest:
     shift: float = param(0.0, "Shift", "Shift", 0.0, 20.0, 0.1, group="sampling", written=_by_flow_models,
         doc="flow-matching timestep shift; 0 = the model's own (Flux dev: by resolution, schnell: 1)")
     clip_skip: int = param(1, "Clip skip", "Clip skip", 1, 12, 1, group="sampling", write_if=_clip_skip_written)
-    eta: float = param(0.0, "Eta (DDIM / ancestral noise)", "Eta", 0.0, 1.0, 0.01, group="sampling")
+    eta: float = param(0.0, "Eta (DDIM / ancestral noise)", "Eta", 0.0, 1.0, 0.01, group="sampling",
+        doc="0 = each sampler's default (A1111: 1 for ancestral/SDE samplers, 0 for DDIM)")
+    # A1111's sampler parameters and options that change the image (pipelines.generate.kscheduler).
+    eta_noise_seed_delta: int = param(0, "Eta noise seed delta (ENSD)", "ENSD", 0, SEED_MAX, 1, group="sampling",
+        doc="step noise of ancestral samplers from generators seeded with seed + this (A1111 option)")
+    s_churn: float = param(0.0, "Sigma churn", "Sigma churn", 0.0, 100.0, 0.01, group="sampling")
+    s_tmin: float = param(0.0, "Sigma tmin", "Sigma tmin", 0.0, 10.0, 0.01, group="sampling")
+    s_tmax: float = param(0.0, "Sigma tmax", "Sigma tmax", 0.0, 999.0, 0.01, group="sampling", doc="0 = infinity")
+    s_noise: float = param(1.0, "Sigma noise", "Sigma noise", 0.0, 1.1, 0.001, group="sampling")
+    sigma_min: float = param(0.0, "Schedule min sigma", "Schedule min sigma", 0.0, 2.0, 0.001, group="sampling",
+        doc="0 = the model's own")
+    sigma_max: float = param(0.0, "Schedule max sigma", "Schedule max sigma", 0.0, 100.0, 0.001, group="sampling",
+        doc="0 = the model's own")
+    rho: float = param(0.0, "Schedule rho", "Schedule rho", 0.0, 100.0, 0.01, group="sampling",
+        doc="0 = the schedule's default (Karras 7, Polyexponential 1)")
     batch_size: int = param(1, "Batch size", None, 1, 8, 1, group="batch")
     n_iter: int = param(1, "Batch count", None, 1, 100, 1, group="batch")
     enable_hr: bool = param(False, "Hires. fix", None, group="hires", widget="checkbox", modes=("txt2img",))
