@@ -15,6 +15,7 @@ a file in place). Paths are stored relative to the outputs root, so the index su
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import sqlite3
@@ -47,7 +48,8 @@ CREATE INDEX IF NOT EXISTS images_recent ON images(mtime_ns DESC, id DESC);
 CREATE INDEX IF NOT EXISTS images_folder ON images(folder);
 CREATE INDEX IF NOT EXISTS images_seed ON images(seed);
 CREATE INDEX IF NOT EXISTS images_model ON images(model);
-CREATE TABLE IF NOT EXISTS folders(folder TEXT PRIMARY KEY, mtime_ns INTEGER);
+CREATE INDEX IF NOT EXISTS images_day ON images(day);
+CREATE TABLE IF NOT EXISTS folders(folder TEXT PRIMARY KEY, mtime_ns INTEGER, subdirs TEXT);
 CREATE VIRTUAL TABLE IF NOT EXISTS prompt_text USING fts5(prompt, negative_prompt);
 """
 
@@ -141,6 +143,9 @@ class HistoryIndex:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.state_dir / "history.sqlite", check_same_thread=False)
+        columns = [row[1] for row in self._db.execute("PRAGMA table_info(folders)")]
+        if columns and "subdirs" not in columns:   # an index from before sub-folder lists: re-list folders once
+            self._db.execute("DROP TABLE folders")
         self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
@@ -151,31 +156,53 @@ class HistoryIndex:
     def refresh(self) -> RefreshStats:
         stats = RefreshStats()
         with self._lock, self._db:
-            known = dict(self._db.execute("SELECT folder, mtime_ns FROM folders"))
+            known = {folder: (mtime, subdirs) for folder, mtime, subdirs in
+                     self._db.execute("SELECT folder, mtime_ns, subdirs FROM folders")}
             seen: set[str] = set()
-            if self.root.is_dir():
-                for dirpath, dirnames, filenames in os.walk(self.root):
-                    dirnames[:] = [d for d in dirnames if not d.startswith(".")]   # .trash, temp folders
-                    folder = Path(dirpath).relative_to(self.root).as_posix()
-                    seen.add(folder)
-                    mtime = os.stat(dirpath).st_mtime_ns
-                    if known.get(folder) == mtime:
-                        continue
-                    self._sync_folder(folder, Path(dirpath), filenames, stats)
-                    self._db.execute("INSERT OR REPLACE INTO folders VALUES (?, ?)", (folder, mtime))
+            pending = ["."] if self.root.is_dir() else []
+            while pending:
+                folder = pending.pop()
+                path = self.root if folder == "." else self.root / folder
+                try:
+                    mtime = os.stat(path).st_mtime_ns
+                except OSError:        # removed while we walked
+                    continue
+                seen.add(folder)
+                old = known.get(folder)
+                if old is not None and old[0] == mtime and old[1] is not None:
+                    # Unchanged: no file came or went, nor a sub-folder (that would change this folder's
+                    # mtime too), so it is not even listed. This keeps a refresh of 100k images cheap.
+                    subdirs = json.loads(old[1])
+                else:
+                    files, subdirs = self._list(path)
+                    self._sync_folder(folder, path, files, stats)
+                    self._db.execute("INSERT OR REPLACE INTO folders VALUES (?, ?, ?)",
+                                     (folder, mtime, json.dumps(subdirs)))
                     stats.folders_read += 1
+                pending += [d if folder == "." else f"{folder}/{d}" for d in subdirs]
             for folder in set(known) - seen:
                 stats.removed += self._forget(self._db.execute(
                     "SELECT id FROM images WHERE folder = ?", (folder,)).fetchall())
                 self._db.execute("DELETE FROM folders WHERE folder = ?", (folder,))
         return stats
 
+    @staticmethod
+    def _list(path: Path) -> tuple[list[str], list[str]]:
+        """(file names, sub-folder names) of a folder; hidden ones (.trash, temporary files) left out."""
+        files, subdirs = [], []
+        with os.scandir(path) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                (subdirs if entry.is_dir(follow_symlinks=False) else files).append(entry.name)
+        return files, sorted(subdirs)
+
     def _sync_folder(self, folder: str, path: Path, filenames: list[str], stats: RefreshStats) -> None:
         rows = {name.rpartition("/")[2]: (rid, mtime, size) for rid, name, mtime, size in self._db.execute(
             "SELECT id, path, mtime_ns, size FROM images WHERE folder = ?", (folder,))}
         present = set()
         for name in filenames:
-            if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_SUFFIXES:
+            if Path(name).suffix.lower() not in IMAGE_SUFFIXES:
                 continue
             present.add(name)
             try:
@@ -218,8 +245,13 @@ class HistoryIndex:
             where.append("id IN (SELECT rowid FROM prompt_text WHERE prompt_text MATCH ?)")
             args.append(_fts_query(query.text))
         if query.model:
-            where.append("model LIKE ? ESCAPE '\\'")
-            args.append("%" + re.sub(r"([\\%_])", r"\\\1", query.model) + "%")
+            # A substring of the model name: matched against the few distinct names (read from the index),
+            # then an indexed IN, instead of a LIKE '%...%' over every row.
+            with self._lock:
+                names = [m for (m,) in self._db.execute("SELECT DISTINCT model FROM images")
+                         if m and query.model.lower() in m.lower()]
+            where.append(f"model IN ({','.join('?' * len(names))})" if names else "0")
+            args.extend(names)
         for column, value in (("sampler", query.sampler), ("kind", query.kind), ("seed", query.seed)):
             if value not in ("", None):
                 where.append(f"{column} = ?")
@@ -234,11 +266,19 @@ class HistoryIndex:
             where.append("favourite = 1")
         clause = (" WHERE " + " AND ".join(where)) if where else ""
         limit = max(1, min(int(query.limit), MAX_PAGE))
+        # Newest first: walking the recency index and filtering stops after one page, unless a filter picks
+        # few rows out of many (a seed, a day range): then its own index and a small sort are faster.
+        selective = query.seed is not None or query.day_from or query.day_to
+        order = "" if selective else " INDEXED BY images_recent"
         with self._lock:
-            total = self._db.execute(f"SELECT count(*) FROM images{clause}", args).fetchone()[0]
+            if len(where) == 1 and query.text.strip():   # words alone: the full-text index counts them
+                total = self._db.execute("SELECT count(*) FROM prompt_text WHERE prompt_text MATCH ?",
+                                         args).fetchone()[0]
+            else:
+                total = self._db.execute(f"SELECT count(*) FROM images{clause}", args).fetchone()[0]
             rows = self._db.execute(
                 "SELECT path, kind, day, prompt, negative_prompt, model, sampler, seed, steps, cfg, width, height,"
-                f" infotext, favourite FROM images{clause} ORDER BY mtime_ns DESC, id DESC LIMIT ? OFFSET ?",
+                f" infotext, favourite FROM images{order}{clause} ORDER BY mtime_ns DESC, id DESC LIMIT ? OFFSET ?",
                 [*args, limit, max(0, int(query.offset))]).fetchall()
         return HistoryPage([HistoryItem(*row[:-1], favourite=bool(row[-1])) for row in rows], total)
 
