@@ -321,3 +321,43 @@ def test_comfyui_efficiency_nodes(tmp_path):
     assert params["Seed"] == "99" and params["Steps"] == "30" and params["CFG scale"] == "6"
     assert params["Sampler"] == "DPM++ 2M" and params["Schedule type"] == "Karras" and params["Size"] == "512x640"
     assert params["Model"] == "realisticVision_v51" and params["Clip skip"] == "2" and "VAE" not in params
+
+
+def _hide_in_alpha(image: Image.Image, magic: bytes, payload: bytes) -> Image.Image:
+    """Write `payload` the way NovelAI's nai_meta_writer and the stealth-pnginfo extension do: magic, 32-bit
+    big-endian length in bits, payload, one bit per alpha LSB, down each column first."""
+    import numpy as np
+
+    data = magic + (len(payload) * 8).to_bytes(4, "big") + payload
+    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8))
+    pixels = np.array(image.convert("RGBA"))
+    alpha = pixels[:, :, 3].T.copy()            # columns as rows: fill in reading order
+    flat = alpha.ravel()
+    flat[: len(bits)] = (flat[: len(bits)] & 0xFE) | bits
+    pixels[:, :, 3] = flat.reshape(alpha.shape).T
+    return Image.fromarray(pixels, "RGBA")
+
+
+def test_novelai_stealth_alpha_metadata(tmp_path):
+    import gzip
+
+    comment = {"prompt": "1girl, forest", "steps": 28, "height": 128, "width": 96, "scale": 6.0, "seed": 777,
+               "sampler": "k_euler", "noise_schedule": "native", "uc": "lowres"}
+    chunks = {"Title": "NovelAI generated image", "Description": "1girl, forest", "Software": "NovelAI",
+              "Source": "NovelAI Diffusion V4 F6F29B7C", "Comment": json.dumps(comment)}
+    image = _hide_in_alpha(Image.new("RGBA", (96, 128), (10, 20, 30, 255)), b"stealth_pngcomp",
+                           gzip.compress(json.dumps(chunks).encode()))
+    path = tmp_path / "stripped.png"
+    image.save(path)                              # no text chunks: only the pixels carry the parameters
+    found = read_image_parameters(path)
+    parsed = parse_infotext(found.infotext)
+    assert found.source == "NovelAI" and (parsed.prompt, parsed.negative_prompt) == ("1girl, forest", "lowres")
+    assert parsed.params["Seed"] == "777" and parsed.params["Sampler"] == "Euler"
+    assert parsed.params["Steps"] == "28" and parsed.params["Size"] == "96x128"
+    # A1111's stealth-pnginfo extension, uncompressed: the infotext itself.
+    text = "a boat\nSteps: 8, Sampler: Euler, CFG scale: 5, Seed: 3, Size: 64x64"
+    _hide_in_alpha(Image.new("RGBA", (64, 64)), b"stealth_pnginfo", text.encode()).save(tmp_path / "a.png")
+    assert read_infotext(tmp_path / "a.png")[0] == text
+    # An ordinary transparent image reads as no parameters.
+    Image.new("RGBA", (64, 64), (0, 0, 0, 128)).save(tmp_path / "plain.png")
+    assert read_infotext(tmp_path / "plain.png")[0] is None

@@ -21,6 +21,7 @@ import piexif.helper
 from PIL import Image, PngImagePlugin
 
 from .foreign import read_foreign
+from .foreign.stealth import stealth_items
 
 __all__ = [
     "FORMATS",
@@ -248,6 +249,12 @@ def _read_from_image(image: Image.Image) -> ImageParameters:
         found.setdefault("fooocus_scheme", extra.get("exif MakerNote"))
         foreign = read_foreign(found, image.size)
         geninfo = None
+    if geninfo is None and foreign is None:
+        hidden = stealth_items(image)   # in the alpha channel: NovelAI, A1111's stealth-pnginfo extension
+        if hidden:
+            items.update({f"stealth {k}": _describe(v) for k, v in hidden.items()})
+            geninfo = _as_text(hidden.get("parameters"))
+            foreign = None if geninfo else read_foreign(hidden, image.size)
     if foreign is not None:
         return ImageParameters(foreign.infotext(), items, foreign.source, list(foreign.notes))
     return ImageParameters(geninfo, items)
