@@ -10,7 +10,12 @@ and after all of it the server still serves.
 """
 from __future__ import annotations
 
+import base64
 import json
+import socket
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -24,7 +29,7 @@ TINY = {"width": 64, "height": 64, "steps": 1, "sampler_name": "Euler a"}
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     data = make_tiny_data_dir(tmp_path_factory.mktemp("hostile"))
-    with AppProcess(tiny_app_args(data, "--api")) as running:
+    with AppProcess(tiny_app_args(data, "--api", "--queue-max-per-client", "3", "--max-upload-mb", "1")) as running:
         running.data = data
         running.base = running.url.rstrip("/")
         # The first generation is sent the moment the server answers, while the start-up load imports diffusers.
@@ -98,6 +103,68 @@ def test_extension_install_from_the_ui_is_refused_without_the_flag(app):
     done = events[-1]
     assert done["success"] is False and "--enable-insecure-extension-access" in json.dumps(done)
     assert not (ROOT / "extensions" / "repo").exists()
+
+
+def txt2img(app, **body) -> requests.Response:
+    return post(app, "/sdapi/v1/txt2img", json={**TINY, **body})
+
+
+def test_a_flood_of_queued_jobs_is_refused_past_the_limit(app):
+    with ThreadPoolExecutor(max_workers=100) as pool:
+        answers = list(pool.map(lambda i: txt2img(app, steps=4, prompt=f"flood {i}"), range(100)))
+    codes = Counter(r.status_code for r in answers)
+    assert set(codes) == {200, 429} and codes[429] >= 50, codes            # 3 per client (+ the running one)
+    refused = next(r for r in answers if r.status_code == 429)
+    assert "jobs queued or running" in refused.json()["detail"] and refused.headers["retry-after"]
+    assert all(len(r.json()["images"]) == 1 for r in answers if r.status_code == 200)
+    assert txt2img(app).status_code == 200                                   # nothing else broken
+
+
+def progress(app) -> dict:
+    return requests.get(app.base + "/sdapi/v1/progress", timeout=10).json()
+
+
+def test_a_disconnected_clients_jobs_are_dropped_and_interrupted(app):
+    body = json.dumps({**TINY, "steps": 150, "prompt": "abandoned"}).encode()
+    socks = []
+    for _ in range(2):                        # one runs, one waits in the queue
+        sock = socket.create_connection(("127.0.0.1", app.port))
+        sock.sendall(b"POST /sdapi/v1/txt2img HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        socks.append(sock)
+    deadline = time.monotonic() + 30
+    while progress(app)["state"]["job"] == "" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert progress(app)["state"]["queue_pending"] == 1
+    for sock in socks:
+        sock.close()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and (progress(app)["state"]["job"] or progress(app)["state"]["queue_pending"]):
+        time.sleep(0.2)
+    state = progress(app)["state"]
+    assert state["job"] == "" and state["queue_pending"] == 0, state
+    assert "client went away" in app.output
+
+
+@pytest.mark.parametrize("body,field", [
+    ({"batch_size": 8, "n_iter": 100}, "n_iter"),
+    ({"width": 2048, "height": 2048, "n_iter": 32}, "batch_size"),
+    ({"enable_hr": True, "hr_resize_x": 64, "hr_resize_y": 0, "height": 64, "width": 2048}, "hr_resize_y"),
+    ({"alwayson_scripts": {"controlnet": {"args": [{"enabled": False}] * 5}}}, "alwayson_scripts.controlnet.args"),
+])
+def test_oversized_requests_are_refused_naming_the_field(app, body, field):
+    r = txt2img(app, **body)
+    assert r.status_code == 422, r.text[:300]
+    assert [".".join(map(str, d["loc"][1:])) for d in r.json()["detail"]] == [field]
+
+
+def test_uploads_are_bounded_and_only_known_image_formats_are_opened(app):
+    r = post(app, "/gradio_api/upload", files={"files": ("big.png", b"\0" * (2 * 1024 * 1024), "image/png")})
+    assert r.status_code == 413, r.status_code
+    eps = base64.b64encode(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n").decode()
+    for path, payload in (("/sdapi/v1/png-info", {"image": eps}), ("/sdapi/v1/img2img", {**TINY, "init_images": [eps]})):
+        r = post(app, path, json=payload)
+        assert r.status_code in (400, 415, 422), (path, r.status_code, r.text[:200])
 
 
 def test_server_still_serves(app):

@@ -134,14 +134,14 @@ def main(argv: list[str] | None = None) -> int:
             # The tokenizer warm-up goes first on the queue rather than in a thread beside the load: both
             # import transformers, and two threads importing it at once can fail ("cannot import name
             # 'CLIPImageProcessor' from 'transformers'"). The load needs that import anyway.
-            services.submit(warm_tokenizer, label="warm up the tokenizer")
+            services.submit(warm_tokenizer, label="warm up the tokenizer", bounded=False)
         from .app.imports import ensure_engine_imports
 
         def startup_load():
             ensure_engine_imports()   # complete before any request may use them (see webui/app/imports.py)
             return services.manager.load(ckpt)
 
-        job = services.submit(startup_load, label=f"load {ckpt.title}")
+        job = services.submit(startup_load, label=f"load {ckpt.title}", bounded=False)
         job.target_title = ckpt.title
         if demo is not None:
             demo.ui_context.startup_job = job

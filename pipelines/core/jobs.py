@@ -14,9 +14,15 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .errors import Interrupted, Skipped
+from .errors import Interrupted, Skipped, UserError
 
 log = logging.getLogger(__name__)
+
+
+class QueueFull(UserError):
+    """The queue (in total, or for this client) holds as many waiting jobs as allowed: try again later."""
+
+    status = 429
 
 
 @dataclass
@@ -85,6 +91,7 @@ class Job:
     control: JobControl = field(default_factory=JobControl)
     done: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.time)
+    client: str | None = None      # who asked (an address), for the per-client bound
 
     def wait(self, timeout: float | None = None) -> Any:
         """Block until finished; returns the result or raises the job's error."""
@@ -96,7 +103,13 @@ class Job:
 
 
 class JobQueue:
-    def __init__(self, name: str = "device") -> None:
+    """`max_pending` / `max_per_client`: waiting jobs allowed in total / per client (None = unbounded);
+    `submit` raises QueueFull beyond them. Jobs submitted without a client count only to the total."""
+
+    def __init__(self, name: str = "device", *, max_pending: int | None = None,
+                 max_per_client: int | None = None) -> None:
+        self.max_pending = max_pending
+        self.max_per_client = max_per_client
         self._queue: deque[Job] = deque()
         self._cond = threading.Condition()
         self._ids = itertools.count(1)
@@ -120,13 +133,27 @@ class JobQueue:
         if self._thread:
             self._thread.join(timeout=10)
 
-    def submit(self, fn: Callable[[JobControl], Any], label: str = "") -> Job:
-        job = Job(next(self._ids), fn, label)
+    def submit(self, fn: Callable[[JobControl], Any], label: str = "", *, client: str | None = None,
+               bounded: bool = True) -> Job:
+        """Queue `fn`. `bounded=False` for the app's own work (start-up load), which is never refused."""
+        job = Job(next(self._ids), fn, label, client=client)
         with self._cond:
+            if bounded:
+                self._check_room(client)
             self._queue.append(job)
             self._cond.notify_all()
         self.start()
         return job
+
+    def _check_room(self, client: str | None) -> None:
+        if self.max_pending is not None and len(self._queue) >= self.max_pending:
+            raise QueueFull(f"the queue is full ({len(self._queue)} jobs waiting); try again when it has room")
+        if client is not None and self.max_per_client is not None:
+            mine = sum(1 for j in self._queue if j.client == client) + (
+                1 if self.current is not None and self.current.client == client else 0)
+            if mine >= self.max_per_client:
+                raise QueueFull(f"you have {mine} jobs queued or running, the most one client may have; wait "
+                                "for them to finish")
 
     def position(self, job: Job) -> int:
         """0 = running now, n = n jobs ahead of it, -1 = finished."""

@@ -31,6 +31,10 @@ import numpy as np
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
 from ..core.errors import UserError
+
+# The formats uploads may be in. Pillow would open many more (EPS hands the file to Ghostscript where it
+# is installed; others are rarely audited decoders), so every uploaded image is opened with this list.
+READABLE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 from ..params.declarations import MASKED_CONTENT, RESIZE_MODES
 
 __all__ = [
@@ -103,7 +107,7 @@ def _open(source: ImageSource, what: str, limit: int) -> Image.Image:
     try:
         with warnings.catch_warnings():   # between the limit and twice it: refused below, with our message
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(source)
+            image = Image.open(source, formats=READABLE_FORMATS)
     except Image.DecompressionBombError:
         raise UserError(f"{what} declares more than {2 * limit / 1e6:g} MP of pixels (a decompression bomb or a "
                         f"far too large image); it was not decoded") from None

@@ -132,6 +132,9 @@ def prepare(state: "ApiState", body, mode: str) -> PreparedRequest:
             raise ParameterError("script_name", f"script {script!r} not found; this build has no selectable scripts")
         values.update(hooks.script_values(script, given.get("script_args") or [], mode))
     request = make_request(values, extra_params=hooks.params if hooks is not None else ())
+    check_limits = getattr(state.services, "check_limits", None)   # --max-images, pixels, ControlNet units
+    if check_limits is not None:
+        check_limits(request, mode)
     parameters = body.model_dump(mode="json")
     prepared = PreparedRequest(mode, request, parameters,
                                send_images=given.get("send_images", True) is not False,
@@ -160,6 +163,9 @@ def controlnet_units(state: "ApiState", script: Any, budget: list[int]):
         return None
     if not isinstance(args, (list, tuple)):
         raise ParameterError("alwayson_scripts.controlnet.args", "expected a list of ControlNet units")
+    limits = getattr(state.services, "limits", None)
+    if limits is not None:          # before any unit image is decoded
+        limits.check_units(len(args))
 
     def decode(data: str):
         image = decode_image(data, "alwayson_scripts.controlnet.image", budget=budget[0])

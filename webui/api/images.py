@@ -14,6 +14,7 @@ import warnings
 from PIL import Image, UnidentifiedImageError
 
 from pipelines.images import metadata as image_metadata
+from pipelines.images.inputs import READABLE_FORMATS
 from pipelines.core.errors import UserError
 
 # 4096 x 4096: any init image or mask a generation can use (the output limit is 2048 x 2048), with room
@@ -63,7 +64,7 @@ def open_image(raw: bytes, field: str = "image", *, max_pixels: int = MAX_IMAGE_
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(raw))
+            image = Image.open(io.BytesIO(raw), formats=READABLE_FORMATS)
             w, h = image.size
             if w <= 0 or h <= 0:
                 raise ImageInputError(field, f"the image has no pixels ({w}x{h})")

@@ -33,6 +33,7 @@ from fastapi.routing import APIRoute
 
 from pipelines.generate import samplers
 from pipelines.core.errors import Interrupted, ParameterError, UserError
+from pipelines.core.jobs import QueueFull
 
 from . import extras, models as M
 from .generation import (
@@ -70,6 +71,8 @@ def http_error(err: BaseException) -> HTTPException:
         return _error(404, err.field, str(err))
     if isinstance(err, NotAvailable):
         return _error(501, None, str(err))
+    if isinstance(err, QueueFull):
+        return HTTPException(429, detail=str(err), headers={"Retry-After": "10"})
     if isinstance(err, UserError):
         return _error(400, None, str(err))
     log.error("API request failed", exc_info=(type(err), err, err.__traceback__))
@@ -180,8 +183,10 @@ class ApiState:
         return getattr(self.services.engine, "networks", None)
 
     # ------------------------------------------------------------------ queue
-    async def run(self, fn: Callable, label: str) -> Any:
-        """Run `fn(control)` on the shared job queue and wait for it without blocking a thread."""
+    async def run(self, fn: Callable, label: str, request: Request | None = None) -> Any:
+        """Run `fn(control)` on the shared job queue and wait for it without blocking a thread. With the
+        `request`: bounded per client address (429 past the limit), and dropped (queued) or interrupted
+        (running) when the client disconnects."""
         loop = asyncio.get_running_loop()
         finished = asyncio.Event()
 
@@ -197,8 +202,13 @@ class ApiState:
                 except RuntimeError:  # the server's loop is gone (shutdown)
                     pass
 
-        job = self.services.queue.submit(work, label=label)
+        client = request.client.host if request is not None and request.client else None
+        job = self.services.queue.submit(work, label=label, client=client)
         while not job.done.is_set():
+            if request is not None and await request.is_disconnected():
+                log.info("client went away: job %s (%s) cancelled", job.id, label)
+                self.services.queue.cancel(job)
+                request = None   # cancelled once; the loop waits for the job to end
             try:
                 await asyncio.wait_for(finished.wait(), timeout=0.5 if not finished.is_set() else 0.01)
             except asyncio.TimeoutError:
@@ -240,9 +250,9 @@ def create_api_router(services, access=None) -> APIRouter:
         return deco
 
     # ------------------------------------------------------------------ generation
-    async def generate(prepared: PreparedRequest, label: str) -> dict:
+    async def generate(prepared: PreparedRequest, label: str, request: Request) -> dict:
         try:
-            result, meta = await state.run(job_function(state, prepared), label)
+            result, meta = await state.run(job_function(state, prepared), label, request)
         except Interrupted:
             result, meta = empty_result(prepared), {}
         images = await run_in_threadpool(encode_images, state, result) if prepared.send_images else []
@@ -254,21 +264,21 @@ def create_api_router(services, access=None) -> APIRouter:
                                       else (M.Txt2ImgRequest, M.Img2ImgRequest))
 
     @route("/txt2img", ["POST"], response_model=M.TextToImageResponse)
-    async def txt2img(body: Txt2ImgRequest):
+    async def txt2img(body: Txt2ImgRequest, request: Request):
         try:
             prepared = await run_in_threadpool(prepare, state, body, "txt2img")
-            return await generate(prepared, f"api txt2img: {prepared.request.prompt[:40]}")
+            return await generate(prepared, f"api txt2img: {prepared.request.prompt[:40]}", request)
         except Exception as err:
             raise http_error(err) from None
 
     @route("/img2img", ["POST"], response_model=M.ImageToImageResponse,
            responses={501: {"description": "img2img is not available in this build"}})
-    async def img2img(body: Img2ImgRequest):
+    async def img2img(body: Img2ImgRequest, request: Request):
         if not hasattr(services.engine, "img2img"):
             raise _error(501, None, "img2img/inpaint is not available in this build; txt2img works")
         try:
             prepared = await run_in_threadpool(prepare, state, body, "img2img")
-            return await generate(prepared, f"api img2img: {prepared.request.prompt[:40]}")
+            return await generate(prepared, f"api img2img: {prepared.request.prompt[:40]}", request)
         except Exception as err:
             raise http_error(err) from None
 

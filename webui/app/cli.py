@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="allow installing extensions (git clone, pip) and writing presets from the UI, in every "
                           "mode: whoever can use the UI can then run code on this machine")
     ext.add_argument("--disable-all-extensions", action="store_true", help="start without loading any extension")
+    from .limits import add_flags
+
+    add_flags(p)
     return p
 
 

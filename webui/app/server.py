@@ -23,6 +23,7 @@ from .auth import AccessControl
 from .authgate import AuthGate
 from .guard import HostOriginGuard, HostPolicy
 from .imports import ImportGate
+from .limits import GRADIO_CACHE_CLEANUP, Limits
 from .services import Services
 
 log = logging.getLogger(__name__)
@@ -94,10 +95,13 @@ def create_app(services: Services, access: AccessControl, demo=None, *, api: boo
         import gradio as gr
 
         args = services.args
-        demo.queue(default_concurrency_limit=8, max_size=256)
+        limits = getattr(services, "limits", None) or Limits()
+        demo.queue(default_concurrency_limit=8, max_size=limits.queue_max)
+        demo.delete_cache = GRADIO_CACHE_CLEANUP   # read by mount_gradio_app: hourly, files older than a day
         gr.mount_gradio_app(app, demo, path="", auth=access.gradio_auth(),
                             auth_message="Log in to the Stable Diffusion web UI", ssr_mode=False,
                             allowed_paths=[str(services.saver.root)], show_error=True, css=css, js=js,
+                            max_file_size=limits.max_upload_bytes,
                             footer_links=["api"] if api else [], run_history=False, head=head,
                             server_name="0.0.0.0" if args.listen else "127.0.0.1",
                             server_port=port or getattr(args, "port", None) or DEFAULT_PORT)

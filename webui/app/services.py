@@ -24,6 +24,8 @@ from pipelines.params.declarations import GenerationRequest
 from pipelines.params.presets import PRESETS_DIR, PresetStore
 from pipelines.prompts.styles import StyleDatabase
 
+from .limits import Limits, restrict_pillow_formats
+
 log = logging.getLogger(__name__)
 
 
@@ -39,6 +41,7 @@ class Services:
     styles: StyleDatabase | None = None     # <data-dir>/styles.csv (A1111's file); also engine.styles
     presets: PresetStore | None = None      # presets/ (shipped + user-saved; defaults.json = UI start-up values)
     extensions: Any = None                  # webui.extensions.loader.ExtensionManager (status); hooks: engine.hooks
+    limits: Limits = field(default_factory=Limits)   # per-request bounds (--max-images, ...); the queue has its own
     _interrogator: Any = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -46,6 +49,7 @@ class Services:
     def submit_txt2img(self, req: GenerationRequest, *, save: bool = True, controlnet: list | None = None) -> Job:
         """Queue a txt2img job; `job.wait()` gives a GenerationResult. `controlnet`: ControlNetUnits."""
         kw = {"controlnet": controlnet} if controlnet else {}
+        self.check_limits(req, "txt2img", controlnet)
 
         def work(control):
             self.release_interrogator()
@@ -61,6 +65,7 @@ class Services:
         """Queue an img2img / inpainting job (`pipelines.generate.img2img`): init image(s) + optional mask (white =
         repaint); a ControlNet unit without its own image uses the init image."""
         kw = {"controlnet": controlnet} if controlnet else {}
+        self.check_limits(req, "img2img", controlnet)
 
         def work(control):
             self.release_interrogator()
@@ -92,9 +97,16 @@ class Services:
                             "with --allow-any-batch-folder to use folders anywhere on the server")
         return path
 
-    def submit(self, fn, label: str = "") -> Job:
-        """Any other device work (model switch, VAE change) goes through the same queue."""
-        return self.queue.submit(lambda control: fn(), label=label)
+    def check_limits(self, req: GenerationRequest, mode: str, controlnet: list | None = None) -> None:
+        """ParameterError (naming the field) for a request over --max-images / --max-request-megapixels /
+        --max-controlnet-units."""
+        self.limits.check_request(req, mode)
+        self.limits.check_units(len(controlnet or []), "controlnet")
+
+    def submit(self, fn, label: str = "", *, bounded: bool = True) -> Job:
+        """Any other device work (model switch, VAE change) goes through the same queue. The app's own
+        start-up jobs pass `bounded=False` (never refused by the queue's bounds)."""
+        return self.queue.submit(lambda control: fn(), label=label, bounded=bounded)
 
     # ------------------------------------------------------------------ interrogation
     @property
@@ -205,8 +217,10 @@ def create_services(args: argparse.Namespace, *, config_root: Path | None = None
     engine = Engine(manager, saver, styles=styles, hooks=HookRegistry())   # extensions register here
     engine.networks.fuse = not args.no_lora_merge
     presets = (PresetStore if writable else ReadOnlyPresetStore)(PRESETS_DIR, networks=engine.networks)
-    queue = JobQueue(policy.device).start()
-    services = Services(args, paths, registry, manager, engine, queue, saver, styles, presets)
+    limits = Limits.from_args(args)
+    restrict_pillow_formats()
+    queue = JobQueue(policy.device, max_pending=limits.queue_max, max_per_client=limits.queue_max_per_client).start()
+    services = Services(args, paths, registry, manager, engine, queue, saver, styles, presets, limits=limits)
     from ..extensions.loader import attach
 
     services.extensions = attach(services)   # load extensions/ (a failing one is listed, never fatal)
