@@ -258,32 +258,8 @@ def test_bfl_key_conversion_matches_diffusers():
     of a full-size Flux dev on meta tensors."""
     from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpoint_to_diffusers
 
+    from bench.synth.families import flux_bfl_shapes as bfl_shapes
     from pipelines.models import flux_keys
-
-    def bfl_shapes(inner, head, mlp, ctx=4096, pooled=768, channels=64, doubles=19, singles=38):
-        shapes = {"img_in.weight": [inner, channels], "txt_in.weight": [inner, ctx], "time_in.in_layer.weight": [inner, 256],
-                  "time_in.out_layer.weight": [inner, inner], "vector_in.in_layer.weight": [inner, pooled],
-                  "vector_in.out_layer.weight": [inner, inner], "guidance_in.in_layer.weight": [inner, 256],
-                  "guidance_in.out_layer.weight": [inner, inner], "final_layer.linear.weight": [channels, inner],
-                  "final_layer.adaLN_modulation.1.weight": [2 * inner, inner]}
-        for i in range(doubles):
-            for s in ("img", "txt"):
-                shapes.update({f"double_blocks.{i}.{s}_mod.lin.weight": [6 * inner, inner],
-                               f"double_blocks.{i}.{s}_attn.qkv.weight": [3 * inner, inner],
-                               f"double_blocks.{i}.{s}_attn.proj.weight": [inner, inner],
-                               f"double_blocks.{i}.{s}_attn.norm.query_norm.scale": [head],
-                               f"double_blocks.{i}.{s}_attn.norm.key_norm.scale": [head],
-                               f"double_blocks.{i}.{s}_mlp.0.weight": [mlp, inner],
-                               f"double_blocks.{i}.{s}_mlp.2.weight": [inner, mlp]})
-        for i in range(singles):
-            shapes.update({f"single_blocks.{i}.linear1.weight": [3 * inner + mlp, inner],
-                           f"single_blocks.{i}.linear2.weight": [inner, inner + mlp],
-                           f"single_blocks.{i}.modulation.lin.weight": [3 * inner, inner],
-                           f"single_blocks.{i}.norm.query_norm.scale": [head],
-                           f"single_blocks.{i}.norm.key_norm.scale": [head]})
-        shapes.update({k.replace(".weight", ".bias"): [v[0]] for k, v in list(shapes.items())
-                       if k.endswith(".weight") and len(v) == 2})
-        return shapes
 
     full = {k: torch.empty(s, device="meta") for k, s in bfl_shapes(3072, 128, 12288).items()}
     ours = flux_keys.bfl_to_diffusers(dict(full))

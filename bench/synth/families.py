@@ -215,3 +215,32 @@ def write_flux_gguf(bfl_tensors, path: str | os.PathLike, qtype_name: str = "Q8_
         writer.write_tensor_data(gguf.quants.quantize(data, qtype) if plans[key] == qtype else data)
     writer.close()
     return path
+
+
+def flux_bfl_shapes(inner: int = 3072, head: int = 128, mlp: int = 12288, ctx: int = 4096, pooled: int = 768,
+                    channels: int = 64, doubles: int = 19, singles: int = 38) -> dict[str, list[int]]:
+    """Every tensor of a Flux.1 dev transformer in BFL keys → shape (defaults: the full-size model, 11.9B)."""
+    shapes = {"img_in.weight": [inner, channels], "txt_in.weight": [inner, ctx], "time_in.in_layer.weight": [inner, 256],
+              "time_in.out_layer.weight": [inner, inner], "vector_in.in_layer.weight": [inner, pooled],
+              "vector_in.out_layer.weight": [inner, inner], "guidance_in.in_layer.weight": [inner, 256],
+              "guidance_in.out_layer.weight": [inner, inner], "final_layer.linear.weight": [channels, inner],
+              "final_layer.adaLN_modulation.1.weight": [2 * inner, inner]}
+    for i in range(doubles):
+        for s in ("img", "txt"):
+            shapes.update({f"double_blocks.{i}.{s}_mod.lin.weight": [6 * inner, inner],
+                           f"double_blocks.{i}.{s}_attn.qkv.weight": [3 * inner, inner],
+                           f"double_blocks.{i}.{s}_attn.proj.weight": [inner, inner],
+                           f"double_blocks.{i}.{s}_attn.norm.query_norm.scale": [head],
+                           f"double_blocks.{i}.{s}_attn.norm.key_norm.scale": [head],
+                           f"double_blocks.{i}.{s}_mlp.0.weight": [mlp, inner],
+                           f"double_blocks.{i}.{s}_mlp.2.weight": [inner, mlp]})
+    for i in range(singles):
+        shapes.update({f"single_blocks.{i}.linear1.weight": [3 * inner + mlp, inner],
+                       f"single_blocks.{i}.linear2.weight": [inner, inner + mlp],
+                       f"single_blocks.{i}.modulation.lin.weight": [3 * inner, inner],
+                       f"single_blocks.{i}.norm.query_norm.scale": [head],
+                       f"single_blocks.{i}.norm.key_norm.scale": [head]})
+    shapes.update({k.replace(".weight", ".bias"): [v[0]] for k, v in list(shapes.items())
+                   if k.endswith(".weight") and len(v) == 2})
+    return shapes
+
