@@ -53,7 +53,8 @@ class _FirstUnetCall:
 
 
 def test_vpred_ztsnr_with_cfg_rescale_matches_bare_diffusers(vpred_models, make_manager):
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    """DDIM runs on diffusers' own scheduler here (the k-diffusion samplers have A1111's, see the next test)."""
+    from diffusers import DDIMScheduler, StableDiffusionXLPipeline
 
     from pipelines.generate.noise import image_noise
 
@@ -62,7 +63,7 @@ def test_vpred_ztsnr_with_cfg_rescale_matches_bare_diffusers(vpred_models, make_
     assert loaded.scheduler_config["prediction_type"] == "v_prediction"
     assert loaded.scheduler_config["rescale_betas_zero_snr"] is True
     req = make_request(prompt="a cat", negative_prompt="blurry", steps=3, width=64, height=64, seed=7,
-                       sampler_name="Euler", cfg_scale=5.0, guidance_rescale=0.7)
+                       sampler_name="DDIM", cfg_scale=5.0, guidance_rescale=0.7)
     pipe = manager.pipeline("txt2img")
     first = _FirstUnetCall(pipe.unet)
     try:
@@ -77,8 +78,8 @@ def test_vpred_ztsnr_with_cfg_rescale_matches_bare_diffusers(vpred_models, make_
     # for zero-terminal-SNR v-prediction models and its guidance_rescale.
     cfg = {k: v for k, v in loaded.scheduler_config.items() if k not in ("prediction_type", "rescale_betas_zero_snr",
                                                                          "timestep_spacing")}
-    scheduler = EulerDiscreteScheduler.from_config(cfg, prediction_type="v_prediction",
-                                                   rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    scheduler = DDIMScheduler.from_config(cfg, prediction_type="v_prediction", rescale_betas_zero_snr=True,
+                                          timestep_spacing="trailing", set_alpha_to_one=False)
     bare = StableDiffusionXLPipeline(**{**pipe.components, "scheduler": scheduler})
     bare.set_progress_bar_config(disable=True)
     ehs, pooled = first.kwargs["encoder_hidden_states"], first.kwargs["text_embeds"]
@@ -92,6 +93,17 @@ def test_vpred_ztsnr_with_cfg_rescale_matches_bare_diffusers(vpred_models, make_
     plain = Engine(manager).txt2img(req.replace(guidance_rescale=0.0), save=False)
     assert "CFG Rescale phi" not in plain.infotexts[0]
     assert np.abs(np.asarray(plain.images[0], np.int16) - np.asarray(result.images[0], np.int16)).max() > 0
+
+
+def test_ztsnr_k_samplers_use_a1111_schedule(vpred_models, make_manager):
+    """The k-diffusion samplers (A1111's Euler) on a ztsnr model: the rescaled schedule, whose last level A1111
+    sets to alphas_cumprod 4.8973451890853435e-08 (sigma ~4518.8) instead of an infinite sigma."""
+    from pipelines.generate.schedules import TrainingSigmas
+
+    loaded = make_manager(models_dir=vpred_models).load("noob-vpred")
+    sigmas = TrainingSigmas.from_config(loaded.scheduler_config)
+    assert sigmas.sigma_max == pytest.approx(4518.8, abs=0.5)
+    assert sigmas.sigma_min == pytest.approx(TrainingSigmas.from_config({}).sigma_min, rel=0.05)
 
 
 def test_shipped_clip_vocabulary_is_open_clips():

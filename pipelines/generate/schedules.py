@@ -40,6 +40,13 @@ def training_alphas_cumprod(config: dict) -> torch.Tensor:
         betas = np.clip(1 - f[1:] / f[:-1], 0, 0.999)
     else:
         raise ValueError(f"unsupported beta_schedule {kind!r}")
+    if config.get("rescale_betas_zero_snr"):   # zero-terminal-SNR models (NoobAI-XL v-pred; see models.detect)
+        from diffusers.schedulers.scheduling_ddim import rescale_zero_terminal_snr
+
+        alphas_cumprod = torch.cumprod(1.0 - rescale_zero_terminal_snr(torch.tensor(betas)), 0).float()
+        # sigma is infinite at exactly zero SNR; A1111 (rescale_zero_terminal_snr_abar) puts this value there instead
+        alphas_cumprod[-1] = 4.8973451890853435e-08
+        return alphas_cumprod
     return torch.tensor(np.cumprod(1.0 - betas), dtype=torch.float32)
 
 
