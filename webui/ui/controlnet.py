@@ -22,7 +22,7 @@ import gradio as gr
 from .common import errors_to_ui, user_error
 
 if TYPE_CHECKING:
-    from .generation import GenerationTab
+    from .context import GenerationTabView
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def slider_updates(module: str | None) -> list:
 
 
 class ControlNetPanel:
-    def __init__(self, tab: "GenerationTab", count: int):
+    def __init__(self, tab: "GenerationTabView", count: int):
         self.tab = tab
         self.ctx = tab.ctx
         self.services = tab.services
@@ -161,6 +161,7 @@ class ControlNetPanel:
             lists = [u["model"], u["note"]]
             u["refresh"].click(self.refreshed, inputs=u["model"], outputs=lists, queue=False, **quiet)
             u["accordion"].expand(self.refreshed, inputs=u["model"], outputs=lists, queue=False, **quiet)
+            self.ctx.model_listeners.append((self.refreshed, u["model"], lists))
             extra = self.tab.init_image_inputs() if hasattr(self.tab, "init_image_inputs") else {}
             unit_inputs = {name: u[name] for name in FIELDS}
             self._wire_preview(u, unit_inputs, extra, f)

@@ -25,7 +25,7 @@ from .common import (
 from .widgets import coerce, make_widget, params_for, schedule_choices
 
 if TYPE_CHECKING:
-    from .blocks import UIContext
+    from .context import UIContext
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ class GenerationTab:
     def build_extras(self) -> None:
         """Extra networks picker, preset management, ControlNet units (when the engine has them), the
         extensions' parameters (one accordion per section)."""
-        from ..extensions.loader import extension_widgets
+        from .extensions import extension_widgets
         from .controlnet import ControlNetPanel, controlnet_available
         from .presets import ExtraNetworks
         from .styles import StylesEditor

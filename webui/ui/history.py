@@ -21,7 +21,7 @@ from .common import errors_to_ui
 from .pnginfo import infotext_html, paste_updates
 
 if TYPE_CHECKING:
-    from .blocks import UIContext
+    from .context import UIContext
 
 PAGE_SIZE = 48
 

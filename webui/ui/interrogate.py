@@ -18,7 +18,7 @@ import gradio as gr
 from .common import errors_to_ui, progress_html, user_error
 
 if TYPE_CHECKING:
-    from .blocks import UIContext
+    from .context import UIContext
 
 log = logging.getLogger(__name__)
 

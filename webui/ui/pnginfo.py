@@ -16,7 +16,7 @@ from .common import PasteTarget, errors_to_ui, toast_warnings
 from .widgets import field_updates
 
 if TYPE_CHECKING:
-    from .blocks import UIContext
+    from .context import UIContext
 
 log = logging.getLogger(__name__)
 

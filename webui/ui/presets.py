@@ -24,7 +24,7 @@ from .common import TOAST_SECONDS, errors_to_ui, toast_warnings
 from .widgets import coerce, field_updates
 
 if TYPE_CHECKING:
-    from .generation import GenerationTab
+    from .context import GenerationTabView
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ KEPT_GROUPS = ("prompt", "seed", "size", "batch", "inpaint")
 # ============================================================================================ presets
 
 class PresetControls:
-    def __init__(self, tab: "GenerationTab"):
+    def __init__(self, tab: "GenerationTabView"):
         self.tab = tab
         self.ctx = tab.ctx
 
@@ -222,7 +222,7 @@ def toggle_lora(prompt: str, name: str, weight: float = 1.0) -> str:
 class ExtraNetworks:
     """LoRA and embedding pickers under the prompt settings."""
 
-    def __init__(self, tab: "GenerationTab"):
+    def __init__(self, tab: "GenerationTabView"):
         self.tab = tab
         self.ctx = tab.ctx
 

@@ -14,11 +14,11 @@ import gradio as gr
 from .common import TOAST_SECONDS, errors_to_ui
 
 if TYPE_CHECKING:
-    from .generation import GenerationTab
+    from .context import GenerationTabView
 
 
 class StylesEditor:
-    def __init__(self, tab: "GenerationTab"):
+    def __init__(self, tab: "GenerationTabView"):
         self.tab = tab
         self.ctx = tab.ctx
 
