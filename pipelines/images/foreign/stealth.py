@@ -23,20 +23,28 @@ def read_alpha_payload(image: Image.Image) -> str | None:
     """The text hidden in `image`'s alpha channel, or None."""
     if image.mode not in ("RGBA", "LA", "PA") and not (image.mode == "P" and "transparency" in image.info):
         return None
-    alpha = np.asarray(image.convert("RGBA"))[:, :, 3]
-    bits = np.ascontiguousarray(alpha.T & 1).ravel()   # column by column, top to bottom
-    data = np.packbits(bits[: (len(bits) // 8) * 8]).tobytes()
-    compressed = _MAGICS.get(data[:_MAGIC_LEN])
+    source = image if image.mode in ("RGBA", "LA") else image.convert("RGBA")
+    alpha = np.asarray(source.getchannel("A"))
+    header = _read_bytes(alpha, _MAGIC_LEN + 4)
+    compressed = _MAGICS.get(header[:_MAGIC_LEN])
     if compressed is None:
         return None
-    length = int.from_bytes(data[_MAGIC_LEN:_MAGIC_LEN + 4], "big") // 8
-    payload = data[_MAGIC_LEN + 4:_MAGIC_LEN + 4 + min(length, _MAX_PAYLOAD)]
+    length = min(int.from_bytes(header[_MAGIC_LEN:], "big") // 8, _MAX_PAYLOAD)
+    payload = _read_bytes(alpha, _MAGIC_LEN + 4 + length)[_MAGIC_LEN + 4:]
     try:
         if compressed:
             payload = gzip.decompress(payload)
         return payload.decode("utf-8")
     except (OSError, EOFError, UnicodeDecodeError):
         return None
+
+
+def _read_bytes(alpha: np.ndarray, count: int) -> bytes:
+    """The first `count` bytes of the alpha LSBs, reading only the columns that hold them."""
+    height = max(alpha.shape[0], 1)
+    columns = -(-count * 8 // height)
+    bits = np.ascontiguousarray(alpha[:, :columns].T & 1).ravel()   # column by column, top to bottom
+    return np.packbits(bits[: min(len(bits), count * 8) // 8 * 8]).tobytes()
 
 
 def stealth_items(image: Image.Image) -> dict[str, Any] | None:
