@@ -31,6 +31,7 @@ from ..params.declarations import GenerationRequest
 from .preview import approx_rgb
 from ..prompts.extras import PromptJob, prompt_job
 from .. import upscale
+from ..upscale import outpaint
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +134,7 @@ class Engine:
         self.networks = networks
         # Upscalers of the models folders (models/ESRGAN, RealESRGAN, SwinIR, DAT): hires fix and the Extras tab.
         self.upscalers = upscale.from_paths(manager.registry.paths, manager.policy)
+        outpaint.register_scripts(self.hooks)   # A1111's outpainting script names (API script_name)
 
     # ------------------------------------------------------------------ public
     def txt2img(self, req: GenerationRequest, control: JobControl | None = None, *, save: bool = True,

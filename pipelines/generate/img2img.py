@@ -41,6 +41,7 @@ from ..images.inputs import PreparedImage
 from ..core.jobs import JobControl
 from .noise import image_noise
 from ..params.declarations import GenerationRequest
+from ..upscale import outpaint
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,9 @@ def img2img(engine: Engine, req: GenerationRequest, images: Any, mask: Any = Non
     sources = [image_inputs.load_image(im, what=f"init image {i + 1}" if many else "init image", notices=notices)
                for i, im in enumerate(images)]
     mask_image = image_inputs.load_mask(mask, notices=notices) if mask is not None else None
+    if outpaint.requested(req):   # the canvas grows, its new area becomes the mask (pipelines.upscale.outpaint)
+        sources, mask_image, req = outpaint.apply(sources, mask_image, req, notices)
+        params.check_request(req)
     prepared = [image_inputs.prepare(src, mask_image, width=req.width, height=req.height,
                                      resize_mode=req.resize_mode, mask_blur=req.mask_blur,
                                      inpainting_fill=req.inpainting_fill, inpaint_full_res=req.inpaint_full_res,

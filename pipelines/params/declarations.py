@@ -335,6 +335,12 @@ class GenerationRequest:
     inpainting_fill: int = param(1, "Masked content", "Masked content", 0, 3, 1, widget="radio", group="inpaint",
         modes=("img2img",), labels=MASKED_CONTENT, written=_masked,
         doc="what the masked area starts from: 0 fill, 1 original, 2 latent noise, 3 latent nothing")
+    # Outpainting (pipelines.upscale.outpaint): the canvas grows by these pixels, the new area is inpainted; A1111's
+    # API script names "poor man's outpainting" / "outpainting mk2" set them. Not in infotext (A1111 writes none).
+    outpaint_left: int = param(0, "Outpaint left, pixels", None, 0, 1024, 8, group="outpaint", modes=("img2img",))
+    outpaint_right: int = param(0, "Outpaint right, pixels", None, 0, 1024, 8, group="outpaint", modes=("img2img",))
+    outpaint_up: int = param(0, "Outpaint up, pixels", None, 0, 1024, 8, group="outpaint", modes=("img2img",))
+    outpaint_down: int = param(0, "Outpaint down, pixels", None, 0, 1024, 8, group="outpaint", modes=("img2img",))
 
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -26,10 +26,11 @@ log = logging.getLogger(__name__)
 DEFAULT_TILE = 192        # A1111's ESRGAN_tile default
 DEFAULT_OVERLAP = 8       # A1111's ESRGAN_tile_overlap default
 MIN_TILE = 32
-# Peak extra memory of a model pass, in elements per input pixel per scale^2 (see bench/upscale.py: a full-size
-# RealESRGAN x4plus, 64 features and 23 blocks, peaks near this in fp32 on CPU). Architectures with wider features
-# (SwinIR-L, DAT, HAT) are heavier per pixel: the share of free memory below leaves room for that.
-_ELEMENTS_PER_OUTPUT_PIXEL = 160
+# Peak extra memory of a model pass, in elements per output pixel (bench/upscale.py: a full-size RealESRGAN x4plus,
+# 64 features and 23 blocks, 512x512 -> 2048x2048 in fp16 on an H200 peaked at 2149 MB = 256 per output pixel).
+# Architectures with wider features (SwinIR-L, DAT, HAT) are heavier per pixel: the share of free memory below
+# leaves room for that.
+_ELEMENTS_PER_OUTPUT_PIXEL = 256
 _FREE_SHARE = 0.25
 
 
