@@ -23,10 +23,47 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+# Property tests draw the same examples on every run (a CI failure reproduces locally, and a green run
+# is not a lucky draw); HYPOTHESIS_PROFILE=explore draws fresh random examples for a hunting session.
+hypothesis_settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+hypothesis_settings.register_profile("explore", derandomize=False)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--screenshots", metavar="DIR", default=None,
+                     help="write the browser tests' screenshots to DIR (the docs images: "
+                          "--screenshots docs/screenshots); default: the session's tmp folder")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """In CI (CI=true) a skipped test is a failure: a missing browser, package or feature must not pass
+    silently as "skipped". Locally a skip stays a skip, with its reason in the -ra summary."""
+    outcome = yield
+    report = outcome.get_result()
+    if IN_CI and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI (CI=true), which counts as a failure: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """The same for a whole module skipped at import (pytest.importorskip, a module-level skip)."""
+    outcome = yield
+    report = outcome.get_result()
+    if IN_CI and report.skipped:
+        report.outcome = "failed"
+        report.longrepr = f"module skipped in CI (CI=true), which counts as a failure: {report.longrepr}"
 
 
 @dataclass
@@ -133,16 +170,24 @@ def chromium_path() -> str | None:
     return None
 
 
+@pytest.fixture(scope="session")
+def screenshots_dir(request, tmp_path_factory) -> Path:
+    """Where browser tests put their screenshots: the tmp folder, so a test run leaves the checkout clean.
+    The docs images are regenerated on purpose with
+    `python launch.py --run-tests -m browser --screenshots docs/screenshots`."""
+    chosen = request.config.getoption("--screenshots")
+    folder = Path(chosen).resolve() if chosen else tmp_path_factory.mktemp("screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def browser():
     """Debian's Chromium driven by Playwright (its own browser download does not work offline)."""
     path = chromium_path()
     if path is None:
         pytest.skip("chromium not found (apt-get install chromium, or `python launch.py --run-tests` installs it)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("the playwright Python package is not installed (pip install -r requirements-dev.txt)")
+    from playwright.sync_api import sync_playwright
     with sync_playwright() as pw:
         b = pw.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
         yield b

@@ -22,10 +22,9 @@ from pathlib import Path
 
 import pytest
 import requests
-
-webuiapi = pytest.importorskip("webuiapi")
-
-from PIL import Image  # noqa: E402
+import schemathesis
+import webuiapi
+from PIL import Image
 
 from pipelines.params.declarations import PARAMS
 
@@ -41,8 +40,6 @@ class Server:
     data: Path
     services: object
     app: object
-    interrogation: bool
-    controlnet: bool
 
     @property
     def api(self) -> str:
@@ -61,11 +58,9 @@ class Server:
         return sorted(p for p in (self.data / "outputs").rglob("*") if p.is_file())
 
 
-def _write_interrogation_models(data: Path) -> bool:
-    try:
-        from bench.interrogate import write_blip, write_open_clip
-    except ImportError:
-        return False
+def _write_interrogation_models(data: Path) -> None:
+    from bench.interrogate import write_blip, write_open_clip
+
     root = data / "models" / "interrogate"
     write_open_clip(root / CLIP)
     write_blip(root / CAPTION)
@@ -77,14 +72,15 @@ def _write_interrogation_models(data: Path) -> bool:
                         "flavors": ["highly detailed", "sharp focus", "soft lighting", "8k", "moody", "bokeh"],
                         "negative": ["blurry", "low quality"]}.items():
         (lists / f"{name}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return True
 
 
-def _write_extra_networks(data: Path) -> bool:
+def _write_extra_networks(data: Path) -> None:
     """A tiny SD1 ControlNet (diffusers folder), a LoRA file (listed, never loaded here) and two embeddings:
     one that fits the tiny SD1 text encoder (32 wide) and one that does not."""
     import torch
     from safetensors.torch import save_file
+
+    from bench.synth import tiny_controlnet, write_controlnet
 
     models = data / "models"
     (models / "Lora").mkdir(parents=True)
@@ -93,12 +89,7 @@ def _write_extra_networks(data: Path) -> bool:
     (models / "embeddings").mkdir()
     save_file({"emb_params": torch.randn(2, 32)}, models / "embeddings" / "tiny-emb.safetensors")
     save_file({"emb_params": torch.randn(1, 7)}, models / "embeddings" / "other-emb.safetensors")
-    try:
-        from bench.synth import tiny_controlnet, write_controlnet
-    except ImportError:
-        return False
     write_controlnet(tiny_controlnet("sd1", seed=13), models / "ControlNet" / "tiny-cn", "diffusers")
-    return True
 
 
 @pytest.fixture(scope="module")
@@ -107,15 +98,16 @@ def server(tmp_path_factory):
     from webui.app.cli import parse_args
     from webui.app.server import create_app, start_server
     from webui.app.services import create_services
+    from bench.synth.factory import tiny_pipeline, write_diffusers_folder
     from tests.helpers.app import free_port, make_tiny_data_dir, tiny_app_args
 
     data = make_tiny_data_dir(tmp_path_factory.mktemp("api"))
-    ckpts = data / "models" / "Stable-diffusion"
-    shutil.copytree(ckpts / "tiny-sd1", ckpts / "tiny-sd1-b")
+    # A second checkpoint with OTHER weights (seed 2): a switch that does not happen shows in the images.
+    write_diffusers_folder(tiny_pipeline("sd1", seed=2), data / "models" / "Stable-diffusion" / "tiny-sd1-b")
     (data / "styles.csv").write_text("name,prompt,negative_prompt\n" + ",".join(f'"{v}"' for v in STYLE) + "\n",
                                      encoding="utf-8-sig")
-    interrogation = _write_interrogation_models(data)
-    controlnet = _write_extra_networks(data)
+    _write_interrogation_models(data)
+    _write_extra_networks(data)
     args = parse_args(tiny_app_args(data, "--api", "--nowebui"))
     services = create_services(args)
     services.submit(lambda: services.manager.load("tiny-sd1")).wait(120)
@@ -123,10 +115,29 @@ def server(tmp_path_factory):
     port = free_port()
     running = start_server(app, "127.0.0.1", port)
     try:
-        yield Server(f"http://127.0.0.1:{port}", port, data, services, app, interrogation, controlnet)
+        yield Server(f"http://127.0.0.1:{port}", port, data, services, app)
     finally:
         running.stop()
         services.close()
+
+
+@pytest.fixture(autouse=True)
+def restore_options(request):
+    """Tests share one server: whatever options a test changes are put back afterwards, even when it
+    fails half-way, so no test depends on the order the others ran in."""
+    if "server" not in request.fixturenames:
+        yield
+        return
+    server = request.getfixturevalue("server")
+    before = server.get("/options").json()
+    try:
+        yield
+    finally:
+        after = server.get("/options").json()
+        changed = {key: value for key, value in before.items() if after.get(key) != value}
+        if changed:
+            r = server.post("/options", changed)
+            assert r.ok, f"could not restore the options {sorted(changed)}: {r.text}"
 
 
 def b64_png(image: Image.Image) -> str:
@@ -302,9 +313,6 @@ def test_png_info_bad_images_are_4xx(server, image, status):
 # ------------------------------------------------------------------------------------------ img2img
 
 def test_img2img_with_a_mask(server):
-    if not hasattr(server.services.engine, "img2img"):
-        assert server.post("/img2img", {"init_images": [b64_png(Image.new("RGB", (64, 64)))]}).status_code == 501
-        pytest.skip("no img2img engine in this build: the API answers 501")
     init = Image.linear_gradient("L").resize((64, 64)).convert("RGB")
     mask = Image.new("L", (64, 64), 0)
     mask.paste(255, (0, 0, 32, 64))                        # repaint the left half
@@ -329,9 +337,6 @@ def test_img2img_with_a_mask(server):
 
 def test_controlnet_units_in_the_sd_webui_controlnet_format(server):
     api = server.client()
-    if not server.controlnet or not api.controlnet_module_list():
-        assert api.controlnet_model_list() == []
-        pytest.skip("no ControlNet support in this build: empty lists, units reported as ignored")
     assert api.controlnet_model_list() == ["tiny-cn"] and "canny" in api.controlnet_module_list()
     assert "controlnet" in api.get_scripts()["txt2img"] and api.controlnet_version() == 2
     control = Image.new("RGB", (64, 64), "black")
@@ -361,10 +366,6 @@ def test_controlnet_units_in_the_sd_webui_controlnet_format(server):
 
 def test_interrogate(server):
     image = Image.effect_noise((64, 64), 40).convert("RGB")
-    if not server.interrogation:
-        r = server.post("/interrogate", {"image": b64_png(image)})
-        assert r.status_code in (200, 501)
-        pytest.skip("no tiny interrogation model builders in this build")
     r = server.client().interrogate(image)           # model="clip": caption + CLIP-ranked phrases
     assert isinstance(r.info, str) and r.info.strip()
     assert any(w in r.info for w in ("Monet", "Hokusai", "Adams"))   # from the data dir's interrogate/ lists
@@ -381,23 +382,29 @@ def test_interrogate(server):
 def test_options_round_trip_switches_the_checkpoint(server):
     api = server.client()
     assert api.get_options()["sd_model_checkpoint"] == "tiny-sd1"
-    api.set_options({"sd_model_checkpoint": "tiny-sd1-b", "CLIP_stop_at_last_layers": 2, "unknown_option": 1})
+    own_a = api.txt2img(prompt="x", steps=1, seed=3, **SIZE).images[0].tobytes()
+    api.set_options({"sd_model_checkpoint": "tiny-sd1-b", "unknown_option": 1})
     opts = api.get_options()
     assert opts["sd_model_checkpoint"] == "tiny-sd1-b" and api.util_get_current_model() == "tiny-sd1-b"
+    r = api.txt2img(prompt="x", steps=1, seed=3, **SIZE)
+    own_b = r.images[0].tobytes()
+    assert "Model: tiny-sd1-b" in r.info["infotexts"][0]
+    assert own_b != own_a                   # other weights, same request: the switch really happened
+    # a per-request override is undone afterwards unless asked to keep it
+    r = api.txt2img(prompt="x", steps=1, seed=3, override_settings={"sd_model_checkpoint": "tiny-sd1"}, **SIZE)
+    assert "Model: tiny-sd1," in r.info["infotexts"][0] and api.util_get_current_model() == "tiny-sd1-b"
+    assert r.images[0].tobytes() == own_a   # the first checkpoint's own image again
+    assert api.txt2img(prompt="x", steps=1, seed=3, **SIZE).images[0].tobytes() == own_b     # and back
+    api.set_options({"CLIP_stop_at_last_layers": 2})
     text = api.txt2img(prompt="x", steps=1, seed=3, **SIZE).info["infotexts"][0]
     assert "Model: tiny-sd1-b" in text and "Clip skip: 2" in text
     saved = json.loads((server.data / "config" / "options.json").read_text())
     assert saved["sd_model_checkpoint"] == "tiny-sd1-b" and saved["CLIP_stop_at_last_layers"] == 2
-    # a per-request override is undone afterwards unless asked to keep it
-    r = api.txt2img(prompt="x", steps=1, override_settings={"sd_model_checkpoint": "tiny-sd1"}, **SIZE)
-    assert "Model: tiny-sd1," in r.info["infotexts"][0] and api.util_get_current_model() == "tiny-sd1-b"
     api.txt2img(prompt="x", steps=1, override_settings={"sd_model_checkpoint": "tiny-sd1"},
                 override_settings_restore_afterwards=False, **SIZE)
     assert api.util_get_current_model() == "tiny-sd1"
     api.util_set_model("tiny-sd1-b")
     assert api.get_options()["sd_model_checkpoint"] == "tiny-sd1-b"
-    api.set_options({"sd_model_checkpoint": "tiny-sd1", "CLIP_stop_at_last_layers": 1})
-    assert api.get_options()["sd_model_checkpoint"] == "tiny-sd1"
 
 
 def test_options_validation_and_persistence(server):
@@ -616,7 +623,6 @@ def test_request_body_is_bounded(server, monkeypatch):
 # ------------------------------------------------------------------------------------------ fuzz
 
 def test_schemathesis_fuzz_finds_no_server_errors(server):
-    schemathesis = pytest.importorskip("schemathesis")
     from hypothesis import HealthCheck, Phase, given, settings
 
     mode_positive = schemathesis.GenerationMode.POSITIVE

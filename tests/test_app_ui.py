@@ -7,12 +7,12 @@ import time
 
 import pytest
 
-gr = pytest.importorskip("gradio")
+import gradio as gr  # a runtime requirement: a missing one is an error, never a skip
 
 from pipelines.params.declarations import BY_NAME, PARAMS
 from webui.ui.widgets import make_widget, params_for, widget_kind
 
-from conftest import drain  # noqa: E402
+from conftest import drain
 
 
 # ------------------------------------------------------------------------------------------ widgets

@@ -2,7 +2,7 @@
 
 txt2img: type a prompt, Generate, wait for the image in the gallery, check the saved file's embedded
 parameters. PNG Info: drop that file, send it to txt2img, check every field it names was filled.
-Screenshots of both tabs go to docs/screenshots/.
+Screenshots of both tabs go to the `screenshots_dir` fixture's folder (tmp; see conftest for the docs images).
 """
 from __future__ import annotations
 
@@ -14,8 +14,6 @@ from conftest import open_page, set_number
 
 pytestmark = pytest.mark.browser
 
-ROOT = Path(__file__).resolve().parent.parent
-SHOTS = ROOT / "docs" / "screenshots"
 PROMPT = "a lighthouse at dusk, (oil painting:1.2)"
 NEGATIVE = "blurry"
 
@@ -45,7 +43,7 @@ def outputs(app) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def generated(browser, app):
+def generated(browser, app, screenshots_dir):
     """Generate once through the UI; returns the saved file and what the page showed."""
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
@@ -67,8 +65,7 @@ def generated(browser, app):
     page.wait_for_selector("#txt2img_gallery img", timeout=90_000)
     page.wait_for_function("document.querySelector('#txt2img_progress')?.innerText.includes('Done')", timeout=90_000)
     infotext = page.input_value("#txt2img_infotext textarea")
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / "txt2img.png"), full_page=True)
+    page.screenshot(path=str(screenshots_dir / "txt2img.png"), full_page=True)
     new = sorted(set(outputs(app)) - before)
     context.close()
     return {"files": new, "infotext": infotext, "counter": counter}
@@ -88,7 +85,7 @@ def test_txt2img_generates_and_saves_parameters(generated):
     assert generated["counter"] == "7/75"   # CLIP tokens after emphasis parsing, per 75-token chunk
 
 
-def test_pnginfo_sends_every_field_to_txt2img(page, generated, app):
+def test_pnginfo_sends_every_field_to_txt2img(page, generated, app, screenshots_dir):
     path = generated["files"][0]
     page.reload()
     page.wait_for_selector("#txt2img_generate", timeout=30_000)
@@ -99,7 +96,7 @@ def test_pnginfo_sends_every_field_to_txt2img(page, generated, app):
     info = page.inner_text("#pnginfo_generation_info")
     assert PROMPT in info and "1234" in info
     page.wait_for_function("!document.querySelector('#pnginfo_send_to_txt2img').disabled", timeout=10_000)
-    page.screenshot(path=str(SHOTS / "pnginfo.png"), full_page=True)
+    page.screenshot(path=str(screenshots_dir / "pnginfo.png"), full_page=True)
     page.click("#pnginfo_send_to_txt2img")
     page.wait_for_function(
         f"document.querySelector('#txt2img_prompt textarea')?.value === {PROMPT!r}", timeout=15_000)

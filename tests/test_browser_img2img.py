@@ -3,7 +3,8 @@
 Inpaint upload: upload an image and a mask, Generate, the result shows in the gallery and the saved file's
 embedded parameters carry the img2img keys (Denoising strength, Mask blur). The saved PNG dropped on the
 txt2img prompt fills the fields. Interrogate (tiny random CLIP + caption models in models/interrogate)
-turns an image into a prompt. Screenshots: docs/screenshots/img2img.png, interrogate.png.
+turns an image into a prompt. Screenshots img2img.png, interrogate.png go to
+the `screenshots_dir` fixture's folder (tmp unless --screenshots DIR).
 """
 from __future__ import annotations
 
@@ -16,8 +17,6 @@ from conftest import open_page, set_number
 
 pytestmark = pytest.mark.browser
 
-ROOT = Path(__file__).resolve().parent.parent
-SHOTS = ROOT / "docs" / "screenshots"
 PROMPT = "a red barn in a green field"
 
 
@@ -76,7 +75,7 @@ def outputs(app, kind: str) -> list[Path]:
     return sorted((app.data / "outputs" / kind).rglob("*.png"))
 
 
-def test_inpaint_upload_generates_and_saves(page, app):
+def test_inpaint_upload_generates_and_saves(page, app, screenshots_dir):
     from pipelines.images.metadata import read_infotext
 
     image, mask = app.inputs
@@ -106,16 +105,14 @@ def test_inpaint_upload_generates_and_saves(page, app):
     for part in ("Steps: 4", "Seed: 4321", "Size: 96x64", "Denoising strength: 0.75", "Mask blur: 4"):
         assert part in text
     assert page.input_value("#img2img_infotext textarea") == text
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / "img2img.png"), full_page=True)
+    page.screenshot(path=str(screenshots_dir / "img2img.png"), full_page=True)
     app.saved = new[0]
     assert not page.js_errors, page.js_errors
 
 
 def test_png_dropped_on_the_prompt_fills_txt2img(page, app):
     path = getattr(app, "saved", None)
-    if path is None:
-        pytest.skip("needs the image saved by the inpaint test")
+    assert path is not None, "needs the image saved by test_inpaint_upload_generates_and_saves (it failed)"
     page.click("#tab_txt2img-button")
     data = base64.b64encode(path.read_bytes()).decode()
     transfer = page.evaluate_handle(
@@ -132,7 +129,7 @@ def test_png_dropped_on_the_prompt_fills_txt2img(page, app):
     assert page.input_value("#txt2img_seed input") == "4321"
 
 
-def test_interrogate_turns_an_image_into_a_prompt(page, app):
+def test_interrogate_turns_an_image_into_a_prompt(page, app, screenshots_dir):
     image, _ = app.inputs
     page.click("#tab_interrogate-button")
     page.locator("#interrogate_image input[type=file]").set_input_files(str(image))
@@ -142,7 +139,7 @@ def test_interrogate_turns_an_image_into_a_prompt(page, app):
                            timeout=90_000)
     prompt = page.input_value("#interrogate_prompt textarea")
     assert prompt and "tiny-clip" in page.inner_text("#interrogate_progress")
-    page.screenshot(path=str(SHOTS / "interrogate.png"), full_page=True)
+    page.screenshot(path=str(screenshots_dir / "interrogate.png"), full_page=True)
     page.click("#interrogate_send_to_img2img")
     page.wait_for_function(f"document.querySelector('#img2img_prompt textarea')?.value === {prompt!r}",
                            timeout=15_000)

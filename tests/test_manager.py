@@ -17,8 +17,9 @@ from conftest import FILES, FOLDERS
 
 
 def _one_step(manager, sampler: str, schedule: str = "Automatic", **kw):
-    req = make_request(prompt="a cat", steps=1 if sampler not in ("DPM++ 3M SDE",) else 2, width=64, height=64,
-                       seed=3, sampler_name=sampler, scheduler=schedule, cfg_scale=5, **kw)
+    kw.setdefault("steps", 1 if sampler not in ("DPM++ 3M SDE",) else 2)
+    req = make_request(prompt="a cat", width=64, height=64, seed=3, sampler_name=sampler, scheduler=schedule,
+                       cfg_scale=5, **kw)
     return Engine(manager).txt2img(req, save=False)
 
 
@@ -49,8 +50,16 @@ def test_every_sampler_runs_a_step(make_manager, no_network, arch):
         result = _one_step(manager, name)
         assert result.images[0].size == (64, 64), name
         assert type(manager.pipeline().scheduler).__name__ == samplers.get_sampler(name).cls_name
+    # every schedule type runs, is recorded, and changes the sigmas (so the image); at 2 steps Karras, Exponential and Beta all
+    # reduce to [sigma_max, sigma_min, 0], at 3 they differ in the middle
+    images = {}
     for sched in samplers.schedules_for("DPM++ 2M"):
-        _one_step(manager, "DPM++ 2M", sched)
+        result = _one_step(manager, "DPM++ 2M", sched, steps=3)
+        assert sched == "Automatic" or "Schedule type: " + sched in result.infotexts[0], result.infotexts[0]
+        images[sched] = result.images[0].tobytes()
+    automatic = images.pop("Automatic")     # Automatic is the sampler's default schedule (A1111: Karras)
+    assert automatic == images[samplers.get_sampler("DPM++ 2M").default_schedule]
+    assert len(images) >= 3 and len(set(images.values())) == len(images), sorted(images)
 
 
 def test_sampler_names_and_schedules():

@@ -7,14 +7,14 @@ from types import SimpleNamespace
 
 import pytest
 
-gr = pytest.importorskip("gradio")
+import gradio as gr  # a runtime requirement: a missing one is an error, never a skip
 
-from PIL import Image  # noqa: E402
+from PIL import Image
 
 from pipelines.core.errors import UserError
 from webui.ui.widgets import params_for
 
-from conftest import drain  # noqa: E402
+from conftest import drain
 
 
 @pytest.fixture(scope="module")
