@@ -15,12 +15,14 @@ SD_SCHEDULE = {"_class_name": "PNDMScheduler", "num_train_timesteps": 1000, "bet
 
 # A1111: (name, k-diffusion alias, the schedule its "Automatic" picks)
 A1111 = [("DPM++ 2M", "k_dpmpp_2m", "Karras"), ("DPM++ SDE", "k_dpmpp_sde", "Karras"),
-         ("DPM++ 2M SDE", "k_dpmpp_2m_sde", "Exponential"), ("DPM++ 3M SDE", "k_dpmpp_3m_sde", "Exponential"),
+         ("DPM++ 2M SDE", "k_dpmpp_2m_sde", "Exponential"),
+         ("DPM++ 2M SDE Heun", "k_dpmpp_2m_sde_heun", "Exponential"), ("DPM++ 3M SDE", "k_dpmpp_3m_sde", "Exponential"),
          ("DPM++ 2S a", "k_dpmpp_2s_a", "Karras"), ("Euler a", "k_euler_a", "Automatic"),
          ("Euler", "k_euler", "Automatic"), ("LMS", "k_lms", "Automatic"), ("Heun", "k_heun", "Automatic"),
          ("DPM2", "k_dpm_2", "Karras"), ("DPM2 a", "k_dpm_2_a", "Karras")]
 CLASSES = {"DPM++ 2M": "DPMSolverMultistepScheduler", "DPM++ SDE": "DPMSolverSDEScheduler",
-           "DPM++ 2M SDE": "DPMSolverMultistepScheduler", "DPM++ 3M SDE": "DPMSolverMultistepScheduler",
+           "DPM++ 2M SDE": "DPMSolverMultistepScheduler", "DPM++ 2M SDE Heun": "DPMSolverMultistepScheduler",
+           "DPM++ 3M SDE": "DPMSolverMultistepScheduler",
            "DPM++ 2S a": "DPMSolverSinglestepScheduler", "Euler a": "EulerAncestralDiscreteScheduler",
            "Euler": "EulerDiscreteScheduler", "LMS": "LMSDiscreteScheduler", "Heun": "HeunDiscreteScheduler",
            "DPM2": "KDPM2DiscreteScheduler", "DPM2 a": "KDPM2AncestralDiscreteScheduler", "DDIM": "DDIMScheduler",
@@ -71,12 +73,13 @@ def test_sgm_uniform_is_trailing_spacing_and_flags_never_leak_from_the_checkpoin
     assert samplers.build_scheduler(leaky, "Euler", "Karras").config.use_karras_sigmas
 
 
-def test_schedules_offered_are_those_the_class_supports():
-    assert samplers.schedules_for("Euler") == ["Automatic", "Karras", "Exponential", "Beta", "SGM Uniform"]
-    assert "Karras" not in samplers.schedules_for("Euler a") or "use_karras_sigmas" in \
-        samplers.build_scheduler(SD_SCHEDULE, "Euler a").config
+def test_schedules_offered():
+    # the k-diffusion samplers take every A1111 schedule type; the diffusers-only ones what their class has
+    for name, _, _ in A1111:
+        assert samplers.schedules_for(name) == list(samplers.SCHEDULE_NAMES), name
+    assert {"Automatic", "Karras", "Exponential", "Beta", "SGM Uniform"} <= set(samplers.SCHEDULE_NAMES)
     assert samplers.schedules_for("DDIM")[0] == "Automatic"
-    assert "Karras" not in samplers.schedules_for("DDIM")
+    assert "Karras" not in samplers.schedules_for("DDIM") and "Karras" in samplers.schedules_for("UniPC")
     assert samplers.schedules_for(samplers.get_sampler("Euler")) == samplers.schedules_for("Euler")
 
 
