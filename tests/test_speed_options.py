@@ -51,6 +51,7 @@ def _rss_mb() -> float:
     return psutil.Process().memory_info().rss / 1e6
 
 
+@pytest.mark.slow
 def test_memory_does_not_grow_over_generations_and_switches(make_manager):
     manager = make_manager(cache_size=1)
     manager.load(FILES["sd1"])
@@ -92,6 +93,7 @@ def test_compile_flag_compiles_the_shared_unet_once(tiny_models, tmp_path, monke
     assert manager.pipeline("img2img").unet is loaded.pipe.unet
 
 
+@pytest.mark.slow   # ~90 s on 2 idle cores: two Inductor compiles (eager vs frozen, with and without a LoRA)
 def test_cpu_compile_matches_eager_with_and_without_a_lora(tiny_models, tmp_path):
     """A real Inductor compile with frozen weights (~20 s per graph on 2 cores): same images as eager, and
     a LoRA (peft adapter modules) still applies and leaves."""
