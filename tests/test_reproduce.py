@@ -85,9 +85,12 @@ def test_missing_models_unsupported_fields_and_notes_are_listed(models):
 
 def test_other_version_and_other_vae(models):
     registry, networks, _ = models
-    _ckpt(registry, "dreamshaper_8.safetensors")
-    plan = plan_reproduction("a\nSteps: 2, Seed: 1, Size: 64x64, Model hash: ffffffffff, Model: dreamshaper_8",
-                             registry, networks, current_vae="vae-ft-mse.safetensors")
+    mine = _ckpt(registry, "dreamshaper_8.safetensors")
+    text = "a\nSteps: 2, Seed: 1, Size: 64x64, Model hash: ffffffffff, Model: dreamshaper_8"
+    # The loaded checkpoint is another one: its VAE says nothing about how the image will decode.
+    assert "VAE" not in "\n".join(plan_reproduction(text, registry, networks,
+                                                    active=("other [0]", "vae-ft-mse.safetensors")).differences)
+    plan = plan_reproduction(text, registry, networks, active=(mine.title, "vae-ft-mse.safetensors"))
     found = "\n".join(plan.differences)
     assert "another version" in found
     assert "the image used its checkpoint's own VAE; yours is set to vae-ft-mse.safetensors" in found

@@ -59,13 +59,13 @@ class Reproduction:
 
 
 def plan_reproduction(infotext: str, registry, networks=None, *, source: str | None = None,
-                      notes: Iterable[str] = (), current_vae: str | None = None,
+                      notes: Iterable[str] = (), active: tuple[str, str | None] | None = None,
                       extra_params=()) -> Reproduction:
     """Resolve `infotext`'s models against `registry` (checkpoints, VAEs) and `networks` (LoRAs).
 
-    `notes`: what the source tool's reader could not carry; `current_vae`: the VAE the user has selected
-    (to say when it is not the one the image used); `extra_params`: extensions' parameters (they count
-    as supported fields).
+    `notes`: what the source tool's reader could not carry; `active`: (title, VAE file name or None for its
+    own) of the loaded checkpoint, to say when that is the image's checkpoint but decodes with another VAE;
+    `extra_params`: extensions' parameters (they count as supported fields).
     """
     hashes, rest = _civitai_hashes(infotext)
     parsed = parse_infotext(rest)
@@ -73,6 +73,7 @@ def plan_reproduction(infotext: str, registry, networks=None, *, source: str | N
     out = Reproduction(infotext, source=source)
     out.differences.extend(notes)
     out.checkpoint = _checkpoint(registry, params, hashes.get("model"), out.differences)
+    current_vae = active[1] if active and out.checkpoint and active[0] == out.checkpoint else None
     out.vae = _vae(registry, params, current_vae, out.differences)
     prompt = parsed.prompt
     if networks is not None:

@@ -294,8 +294,10 @@ def create_api_router(services, access=None) -> APIRouter:
             found = read_image_parameters(open_image(raw, "image"))
             plan = None
             if found.infotext:   # the image's models among ours, and what will differ
+                loaded = services.manager.active
                 plan = plan_reproduction(found.infotext, services.registry, getattr(services.engine, "networks", None),
                                          source=found.source, notes=found.notes,
+                                         active=(loaded.info.title, loaded.vae_name) if loaded else None,
                                          extra_params=services.engine.hooks.params)
             return found.infotext, found.items, plan
 

@@ -46,8 +46,10 @@ def reproduction(ctx: "UIContext", text: str, source: str | None = None, notes=(
     """The image's models among the user's files and what will differ (pipelines.images.reproduce)."""
     services = ctx.services
     engine = services.engine
+    loaded = services.manager.active
     return plan_reproduction(text, services.registry, getattr(engine, "networks", None), source=source,
-                             notes=notes, extra_params=engine.hooks.params)
+                             notes=notes, active=(loaded.info.title, loaded.vae_name) if loaded else None,
+                             extra_params=engine.hooks.params)
 
 
 def reproduce_html(plan) -> str:
