@@ -288,3 +288,39 @@ def test_bfl_key_conversion_matches_diffusers():
     split = ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")
     compared = [k for k in theirs if not (k.startswith("single_transformer_blocks.") and any(s in k for s in split))]
     assert len(compared) > 60 and all(torch.equal(ours[k], theirs[k]) for k in compared)
+
+
+def test_flux_fp8_files_stay_fp8_and_compute_in_higher_precision(flux, tmp_path):
+    """A transformer and a T5 stored in float8_e4m3fn (flux1-dev-fp8, t5xxl_fp8_e4m3fn): the linear weights stay fp8
+    in memory, each layer is computed in the policy's dtype, and the image is close to the fp32 file's."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from bench.synth.ldm_export import save_ldm_file
+    from pipelines.core.devices import make_policy
+    from pipelines.models.files import ModelPaths, ModelRegistry
+    from pipelines.models.manager import PipelineManager
+
+    models = tmp_path / "models"
+    shutil.copytree(flux / "models/VAE", models / "VAE")
+    shutil.copytree(flux / "models/text_encoder/t5_tokenizer", models / "text_encoder/t5_tokenizer")
+    shutil.copy(flux / "models/text_encoder/clip_l.safetensors", models / "text_encoder")
+    fp8 = torch.float8_e4m3fn
+    save_ldm_file(load_file(str(flux / "models/text_encoder/t5xxl_fp16.safetensors")),
+                  models / "text_encoder/t5xxl_fp8_e4m3fn.safetensors", fp8)
+    save_ldm_file(load_file(str(flux / "models/Stable-diffusion/flux-tiny.safetensors")),
+                  models / "Stable-diffusion/flux-tiny-fp8.safetensors", fp8)
+    manager = PipelineManager(ModelRegistry(ModelPaths(models, cache_dir=tmp_path / "cache")),
+                              policy=make_policy("cpu", "fp32"), config_root=flux / "configs")
+    pipe = manager.load("flux-tiny-fp8").pipe
+    assert pipe.transformer.transformer_blocks[0].attn.to_q.weight.dtype == fp8
+    assert pipe.text_encoder_2.encoder.block[0].layer[0].SelfAttention.q.weight.dtype == fp8
+    image = np.asarray(Engine(manager).txt2img(_flux_request(), save=False).images[0], np.int16)
+
+    reference_manager = PipelineManager(ModelRegistry(ModelPaths(flux / "models", cache_dir=tmp_path / "c2")),
+                                        policy=make_policy("cpu", "fp32"), config_root=flux / "configs")
+    reference_manager.load("flux-tiny.safetensors")
+    reference = np.asarray(Engine(reference_manager).txt2img(_flux_request(), save=False).images[0], np.int16)
+    diff = np.abs(image - reference)
+    assert 0 < diff.mean() < 8 and np.corrcoef(image.ravel(), reference.ravel())[0, 1] > 0.9

@@ -191,8 +191,33 @@ def _transformer(mf: ModelFile, cfg_dir: Path, dtype):
     names = flux_keys.strip_prefix(state)
     converted = flux_keys.bfl_to_diffusers({short: state.pop(full) for short, full in names.items()})
     del state
-    return FluxTransformer2DModel.from_single_file(converted, config=str(cfg_dir), subfolder="transformer",
-                                                   torch_dtype=dtype, local_files_only=True, **kwargs)
+    fp8 = _stored_in_fp8(converted)
+    model = FluxTransformer2DModel.from_single_file(converted, config=str(cfg_dir), subfolder="transformer",
+                                                    torch_dtype=dtype, local_files_only=True, **kwargs)
+    return _keep_fp8(model, fp8, dtype)
+
+
+def _stored_in_fp8(state: dict) -> bool:
+    import torch
+
+    return any(getattr(v, "dtype", None) == torch.float8_e4m3fn for v in state.values())
+
+
+def _keep_fp8(module, fp8: bool, dtype):
+    """fp8 (e4m3fn) files stay fp8 in memory, computed in `dtype`: diffusers' layerwise casting stores the linear
+    weights in fp8 and upcasts each layer for its forward pass (norms and embeddings stay in `dtype`, diffusers'
+    default skip list). The values were fp8 in the file, so storing them so loses nothing."""
+    if not fp8:
+        return module
+    import torch
+    from diffusers.hooks import apply_layerwise_casting
+
+    apply_layerwise_casting(module, storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype or torch.float32,
+                            skip_modules_pattern=("pos_embed", "patch_embed", "norm", "embed", "shared",
+                                                  "relative_attention_bias",
+                                                  # T5 casts its input to wo's weight dtype before wo runs
+                                                  r"DenseReluDense\.wo$"))
+    return module
 
 
 def _vae(path: Path, embedded: bool, cfg_dir: Path, dtype):
@@ -223,6 +248,7 @@ def _load_hf(model_cls, config_cls, config: dict, state: dict, name: str, dtype)
         state["encoder.embed_tokens.weight"] = state["shared.weight"]
     if missing:
         raise ModelLoadError(f"{name}: {len(missing)} weights missing (e.g. {missing[0]}); not a full text encoder")
+    fp8 = _stored_in_fp8(state)
     model.load_state_dict({k: v for k, v in state.items() if k in wanted}, strict=False, assign=True)
     if hasattr(model, "tie_weights"):
         model.tie_weights()
@@ -231,7 +257,8 @@ def _load_hf(model_cls, config_cls, config: dict, state: dict, name: str, dtype)
             module = model.get_submodule(key.rsplit(".", 1)[0])
             module.register_buffer(key.rsplit(".", 1)[1], torch.arange(buf.shape[-1]).expand(buf.shape),
                                    persistent=False)
-    return model.to(dtype=dtype).eval() if dtype is not None else model.float().eval()
+    model = model.to(dtype=dtype).eval() if dtype is not None else model.float().eval()
+    return _keep_fp8(model, fp8, dtype)
 
 
 def _clip(path: Path, embedded: bool, config: dict, dtype):
