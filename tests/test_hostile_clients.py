@@ -167,6 +167,28 @@ def test_uploads_are_bounded_and_only_known_image_formats_are_opened(app):
         assert r.status_code in (400, 415, 422), (path, r.status_code, r.text[:200])
 
 
+@pytest.mark.parametrize("body,field", [
+    ({"alwayson_scripts": {"controlnet": {"args": [{"enabled": True, "image": [{"mask": "x"}]}]}}}, None),
+    ({"prompt": "a cat <lora:x:nan>"}, "prompt"),
+    ({"prompt": "a cat <lora:x:1:inf>"}, "prompt"),
+    ({"prompt": "a cat <lora:x:unet=-inf>"}, "prompt"),
+    ({"enable_hr": True, "hr_resize_x": 8, "hr_resize_y": 0, "width": 512, "height": 64}, "hr_resize_y"),
+])
+def test_bad_input_is_a_4xx_with_a_message(app, body, field):
+    r = txt2img(app, **body)
+    assert 400 <= r.status_code < 500, (r.status_code, r.text[:300])
+    detail = r.json()["detail"]
+    if field:
+        assert [".".join(map(str, d["loc"][1:])) for d in detail] == [field]
+    assert str(app.data) not in r.text
+
+
+def test_messages_carry_no_server_paths(app):
+    r = txt2img(app, override_settings={"sd_model_checkpoint": "no-such-model"})
+    assert r.status_code == 404
+    assert str(app.data) not in r.text and str(ROOT) not in r.text, r.text
+
+
 def test_server_still_serves(app):
     assert requests.get(app.base + "/sdapi/v1/sd-models", timeout=10).status_code == 200
     assert requests.get(app.base + "/", timeout=10).status_code == 200

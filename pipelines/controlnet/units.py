@@ -206,9 +206,13 @@ def _api_image(value: Any, decode: Callable[[str], Any] | None, field_name: str)
     elif isinstance(value, (list, tuple)):
         if not value:
             return None
-        value = value[0]["image"] if isinstance(value[0], dict) else value[0]
+        value = value[0].get("image") if isinstance(value[0], dict) else value[0]
     if value is None or value == "":
         return None
+    from PIL import Image
+
+    if not isinstance(value, (str, Image.Image)):
+        raise ParameterError(field_name, f"expected a base64 image, got {type(value).__name__}")
     if isinstance(value, str):
         if decode is None:
             raise ParameterError(field_name, "a base64 image must be decoded by the API layer")

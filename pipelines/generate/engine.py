@@ -289,10 +289,15 @@ class Engine:
         result.seeds.append(seed)
         result.subseeds.append(subseed)
         if save and self.saver is not None:
-            result.paths.append(self.saver.save(image, infotext, kind=f"{mode}-images", seed=seed, prompt=req.prompt,
-                                                model_name=loaded.info.model_name,
-                                                extra={"steps": req.steps, "cfg": req.cfg_scale,
-                                                       "sampler": req.sampler_name}))
+            try:
+                path = self.saver.save(image, infotext, kind=f"{mode}-images", seed=seed, prompt=req.prompt,
+                                       model_name=loaded.info.model_name,
+                                       extra={"steps": req.steps, "cfg": req.cfg_scale, "sampler": req.sampler_name})
+            except OSError as err:   # disk full, folder gone: the images made so far are returned, not lost
+                note = f"image {len(result.images)} was not saved: {err.strerror or type(err).__name__}"
+                result.notices.append(note)
+                return
+            result.paths.append(path)
             self.hooks.after_image_saved(result.paths[-1], infotext)
 
     @staticmethod

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import re
 import threading
@@ -43,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..core.errors import UserError
+from ..core.errors import ParameterError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,9 @@ def _parse_tag(kind: str, args: str, text: str) -> NetworkTag:
         tag.unet = float(named.get("unet", tag.unet))
     except ValueError:
         tag.error = f"{text}: the weight is not a number"
+    if not (math.isfinite(tag.te) and math.isfinite(tag.unet)):
+        # nan/inf would be merged into the weights and make every later image of this LoRA black
+        raise ParameterError("prompt", f"{text}: the weight must be a finite number")
     return tag
 
 

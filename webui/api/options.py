@@ -194,8 +194,8 @@ class OptionsStore:
                     self._values.pop(key, None)
                 else:
                     self._values[key] = value
-            data = dict(self._values)
-        self._write(data)
+            # written under the lock: two concurrent updates can otherwise persist the older one
+            self._write(dict(self._values))
 
     def _write(self, data: dict[str, Any]) -> None:
         try:

@@ -52,7 +52,25 @@ INTERROGATE_MODELS = ("clip", "caption", "fast", "classic", "best", "negative")
 
 # ---------------------------------------------------------------------------------------------- errors
 
+# (server path, what a client sees instead): messages reach remote clients without the server's folders
+_PRIVATE_PATHS: list[tuple[str, str]] = []
+
+
+def hide_paths(message: str) -> str:
+    for path, shown in _PRIVATE_PATHS:
+        message = message.replace(path, shown)
+    return message
+
+
+def _remember_private_paths(args) -> None:
+    roots = [(getattr(args, "outdir", None), "<outputs>"), (getattr(args, "data_dir", None), "<data dir>"),
+             (Path(__file__).resolve().parents[2], "<app>"), (Path.home(), "~")]
+    pairs = {str(Path(p).resolve()): shown for p, shown in roots if p}
+    _PRIVATE_PATHS[:] = sorted(pairs.items(), key=lambda item: -len(item[0]))   # the longest (innermost) first
+
+
 def _error(status: int, field: str | None, message: str) -> HTTPException:
+    message = hide_paths(message)
     if status == 422:
         loc = ["body", *field.split(".")] if field else ["body"]
         return HTTPException(422, detail=[{"type": "value_error", "loc": loc, "msg": message}])
@@ -76,7 +94,7 @@ def http_error(err: BaseException) -> HTTPException:
     if isinstance(err, UserError):
         return _error(400, None, str(err))
     log.error("API request failed", exc_info=(type(err), err, err.__traceback__))
-    return HTTPException(500, detail=f"internal error: {type(err).__name__}: {str(err)[:300]}")
+    return HTTPException(500, detail=f"internal error ({type(err).__name__}); the details are in the server's log")
 
 
 class LimitedRoute(APIRoute):
@@ -238,6 +256,7 @@ class ApiState:
 def create_api_router(services, access=None) -> APIRouter:
     """The /sdapi/v1 routes on `services` (credentials are applied by server.create_app)."""
     state = ApiState(services)
+    _remember_private_paths(services.args)
     router = APIRouter(route_class=LimitedRoute, tags=["sdapi"])
     manager = services.manager
     registry = services.registry
