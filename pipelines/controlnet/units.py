@@ -206,7 +206,9 @@ def _api_image(value: Any, decode: Callable[[str], Any] | None, field_name: str)
     elif isinstance(value, (list, tuple)):
         if not value:
             return None
-        value = value[0].get("image") if isinstance(value[0], dict) else value[0]
+        if isinstance(value[0], dict) and "image" not in value[0]:
+            raise ParameterError(field_name, "expected [{\"image\": base64, \"mask\": base64}] or [image, mask]")
+        value = value[0]["image"] if isinstance(value[0], dict) else value[0]
     if value is None or value == "":
         return None
     from PIL import Image

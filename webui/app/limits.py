@@ -21,8 +21,8 @@ GRADIO_CACHE_CLEANUP = (3600, 24 * 3600)   # (every N seconds, delete files olde
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("limits (per request and per client)")
-    g.add_argument("--queue-max", type=int, default=32, help="jobs waiting in the queue in total (429 beyond)")
-    g.add_argument("--queue-max-per-client", type=int, default=8,
+    g.add_argument("--queue-max", type=int, default=64, help="jobs waiting in the queue in total (429 beyond)")
+    g.add_argument("--queue-max-per-client", type=int, default=24,
                    help="jobs one client address may have waiting (429 beyond)")
     g.add_argument("--max-images", type=int, default=32, help="images per request (batch size x batch count)")
     g.add_argument("--max-request-megapixels", type=float, default=64.0,
@@ -33,8 +33,8 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
 
 @dataclass(frozen=True)
 class Limits:
-    queue_max: int = 32
-    queue_max_per_client: int = 8
+    queue_max: int = 64
+    queue_max_per_client: int = 24
     max_images: int = 32
     max_request_pixels: int = 64 * 1024 * 1024
     max_controlnet_units: int = 4
