@@ -34,8 +34,24 @@ class ForeignParameters:
             self.notes.append(text)
 
     def infotext(self) -> str:
-        params = {k: v for k, v in self.params.items() if v not in (None, "")}
+        # A1111's order for the keys it writes first; the rest as the reader set them.
+        ordered = {k: self.params[k] for k in _ORDER if k in self.params}
+        ordered.update(self.params)
+        params = {k: v for k, v in ordered.items() if v not in (None, "")}
         return build_infotext(self.prompt, self.negative_prompt, params)
+
+    def set_core(self, size: tuple[int, int], *, steps: Any, cfg: Any, seed: Any,
+                 width: Any = None, height: Any = None) -> None:
+        """Steps, CFG scale, Seed and Size (the image's own size when the tool recorded none)."""
+        steps_n, seed_n, width_n, height_n = number(steps), number(seed), number(width), number(height)
+        self.params["Steps"] = int(steps_n) if steps_n else None
+        self.params["CFG scale"] = number(cfg)
+        self.params["Seed"] = int(seed_n) if seed_n is not None else None
+        self.params["Size"] = (f"{int(width_n)}x{int(height_n)}" if width_n and height_n
+                               else f"{size[0]}x{size[1]}")
+
+
+_ORDER = ("Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model hash", "Model", "VAE")
 
 
 # k-diffusion sampler function names, as ComfyUI, Fooocus and NovelAI (with a "k_" prefix) write them,

@@ -27,14 +27,10 @@ def read(items: dict[str, Any], size: tuple[int, int]) -> ForeignParameters | No
     out.prompt = ", ".join(map(str, full)) if isinstance(full, list) and full else str(meta.get("prompt") or "")
     out.negative_prompt = (", ".join(map(str, full_negative)) if isinstance(full_negative, list) and full_negative
                            else str(meta.get("negative_prompt") or ""))
-    steps = number(meta.get("steps"))
-    out.params["Steps"] = int(steps) if steps is not None else None
-    kdiff_sampler(out, meta.get("sampler"), meta.get("scheduler"))
-    out.params["CFG scale"] = number(meta.get("guidance_scale"))
-    seed = number(meta.get("seed"))
-    out.params["Seed"] = int(seed) if seed is not None else None
     match = _RESOLUTION.match(str(meta.get("resolution", "")))
-    out.params["Size"] = f"{match.group(1)}x{match.group(2)}" if match else f"{size[0]}x{size[1]}"
+    out.set_core(size, steps=meta.get("steps"), cfg=meta.get("guidance_scale"), seed=meta.get("seed"),
+                 width=match and match.group(1), height=match and match.group(2))
+    kdiff_sampler(out, meta.get("sampler"), meta.get("scheduler"))
     if meta.get("base_model"):
         out.params["Model"] = file_stem(meta["base_model"])
         out.params["Model hash"] = str(meta.get("base_model_hash") or "")[:10] or None

@@ -63,18 +63,14 @@ def _read_core(meta: dict, size: tuple[int, int]) -> ForeignParameters:
     out = ForeignParameters("InvokeAI")
     out.prompt = str(meta.get("positive_prompt") or "")
     out.negative_prompt = str(meta.get("negative_prompt") or "")
-    width, height = number(meta.get("width")), number(meta.get("height"))
-    out.params["Steps"] = int(number(meta.get("steps"), 0)) or None
+    out.set_core(size, steps=meta.get("steps"), cfg=meta.get("cfg_scale"), seed=meta.get("seed"),
+                 width=meta.get("width"), height=meta.get("height"))
     scheduler = str(meta.get("scheduler") or "")
     if scheduler in SCHEDULERS:
         out.params["Sampler"], out.params["Schedule type"] = SCHEDULERS[scheduler]
     elif scheduler:
         out.params["Sampler"] = scheduler
         out.note(f"InvokeAI scheduler {scheduler!r} has no A1111 counterpart")
-    out.params["CFG scale"] = number(meta.get("cfg_scale"))
-    seed = number(meta.get("seed"))
-    out.params["Seed"] = int(seed) if seed is not None else None
-    out.params["Size"] = f"{int(width)}x{int(height)}" if width and height else f"{size[0]}x{size[1]}"
     out.params["Model"] = _model_name(meta.get("model"))
     if isinstance(meta.get("model"), dict) and str(meta["model"].get("hash", "")).startswith("sha256:"):
         out.params["Model hash"] = meta["model"]["hash"].split(":", 1)[1][:10]
@@ -120,13 +116,9 @@ def _read_legacy(meta: dict, size: tuple[int, int]) -> ForeignParameters:
     prompt = str(prompt or "")
     out.negative_prompt = ", ".join(m.strip() for m in _BRACKETED.findall(prompt))
     out.prompt = " ".join(_BRACKETED.sub(" ", prompt).split())
-    out.params["Steps"] = int(number(image.get("steps"), 0)) or None
+    out.set_core(size, steps=image.get("steps"), cfg=image.get("cfg_scale"), seed=image.get("seed"),
+                 width=image.get("width"), height=image.get("height"))
     kdiff_sampler(out, image.get("sampler"))
-    out.params["CFG scale"] = number(image.get("cfg_scale"))
-    seed = number(image.get("seed"))
-    out.params["Seed"] = int(seed) if seed is not None else None
-    width, height = number(image.get("width")), number(image.get("height"))
-    out.params["Size"] = f"{int(width)}x{int(height)}" if width and height else f"{size[0]}x{size[1]}"
     out.params["Model"] = file_stem(meta.get("model_weights")) if meta.get("model_weights") else None
     if image.get("type") == "img2img" and number(image.get("strength")) is not None:
         out.params["Denoising strength"] = number(image.get("strength"))

@@ -26,17 +26,12 @@ def read(items: dict[str, Any], size: tuple[int, int]) -> ForeignParameters | No
     # V4 models keep the negative prompt in a caption structure; "uc" is the older key.
     v4_negative = (info.get("v4_negative_prompt") or {}).get("caption") or {}
     out.negative_prompt = str(info.get("uc") or v4_negative.get("base_caption") or "")
-    steps = number(info.get("steps"))
-    out.params["Steps"] = int(steps) if steps is not None else None
+    out.set_core(size, steps=info.get("steps"), cfg=info.get("scale"), seed=info.get("seed"),
+                 width=info.get("width"), height=info.get("height"))
     kdiff_sampler(out, info.get("sampler") or "k_euler_ancestral")
     schedule = str(info.get("noise_schedule") or "")
     if schedule:
         out.params["Schedule type"] = _SCHEDULES.get(schedule, schedule)
-    out.params["CFG scale"] = number(info.get("scale"))
-    seed = number(info.get("seed"))
-    out.params["Seed"] = int(seed) if seed is not None else None
-    width, height = number(info.get("width")), number(info.get("height"))
-    out.params["Size"] = f"{int(width)}x{int(height)}" if width and height else f"{size[0]}x{size[1]}"
     if items.get("Source"):
         out.params["Model"] = str(items["Source"]).strip()
         out.note(f"the model ({items['Source']}) runs only on NovelAI's service")

@@ -17,14 +17,9 @@ def read(items: dict[str, Any], size: tuple[int, int]) -> ForeignParameters | No
     out = ForeignParameters("SwarmUI")
     out.prompt = str(params.get("prompt") or "")
     out.negative_prompt = str(params.get("negativeprompt") or "")
-    steps = number(params.get("steps"))
-    out.params["Steps"] = int(steps) if steps is not None else None
+    out.set_core(size, steps=params.get("steps"), cfg=params.get("cfgscale"), seed=params.get("seed"),
+                 width=params.get("width"), height=params.get("height"))
     kdiff_sampler(out, params.get("sampler") or "euler", params.get("scheduler") or "normal")
-    out.params["CFG scale"] = number(params.get("cfgscale"))
-    seed = number(params.get("seed"))
-    out.params["Seed"] = int(seed) if seed is not None else None
-    width, height = number(params.get("width")), number(params.get("height"))
-    out.params["Size"] = f"{int(width)}x{int(height)}" if width and height else f"{size[0]}x{size[1]}"
     if params.get("model"):
         out.params["Model"] = file_stem(params["model"])
     for model in meta.get("sui_models") or []:
