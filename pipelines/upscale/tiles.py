@@ -7,9 +7,10 @@ grid of equal tiles; ours are at most `tile` pixels with a fixed step, the last 
 border, which keeps every tile full-sized). Tiles far enough from their borders see exactly what the whole
 image run would see, so away from the seams the result equals an untiled run.
 
-The tile size: A1111's `ESRGAN_tile` option (default 192 input pixels; 0 = the whole image at once), made
-smaller when one tile would not fit in the free memory of the device; with no option, the largest square
-that fits (the whole image when it fits).
+The tile size: A1111's `ESRGAN_tile` option in input pixels, made smaller when one tile would not fit in the
+free memory of the device; 0 (our default) or no option: the whole image at once when it fits, else the
+largest square that fits. Tiles cost time (bench/upscale.py, 4x of 512x512 with RealESRGAN_x4plus: 2.7x one pass on
+a 2-core CPU, 2.1x on an H200) and save memory (1073 -> 239 MB on the CPU, 2149 -> 380 MB on the GPU).
 """
 from __future__ import annotations
 

@@ -61,9 +61,10 @@ class Upscalers:
         self.models_dirs = [Path(d) for d in models_dirs]
         self.device = str(device)
         self.dtype = dtype                     # preferred torch dtype (the device policy's); fp32 when unsupported
-        # A1111's ESRGAN_tile (0: whole image) and ESRGAN_tile_overlap, in input pixels: the app's options store
-        # replaces this with a reader of its values.
-        self.tile_options: Callable[[], tuple[int, int]] = lambda: (tiles.DEFAULT_TILE, tiles.DEFAULT_OVERLAP)
+        # A1111's ESRGAN_tile and ESRGAN_tile_overlap, in input pixels: the app's options store replaces this with a
+        # reader of its values. 0 (the default here, A1111's is 192): one pass when it fits in free memory, since
+        # tiles cost 2.1-2.7x the time of one pass (bench/upscale.py, CPU and GPU), else tiles sized from memory.
+        self.tile_options: Callable[[], tuple[int, int]] = lambda: (0, tiles.DEFAULT_OVERLAP)
         self._lock = threading.RLock()
         self._models: list[models.UpscalerModel] = []
         self._loaded: tuple[Path, object] | None = None

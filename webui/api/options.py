@@ -74,8 +74,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("grid_save", bool, False, "Always save all generated image grids"),
     Option("live_previews_enable", bool, True, "Show live previews of the created image (progress current_image)"),
     Option("show_progress_every_n_steps", int, 5, "Live preview display period, in sampling steps (0: off)", -1, 1000),
-    Option("ESRGAN_tile", int, 192, "Tile size for upscaler models, input pixels (0 = no tiling; smaller when "
-                                    "memory is short)", 0, 512),
+    Option("ESRGAN_tile", int, 0, "Tile size for upscaler models, input pixels (0 = one pass when it fits in free "
+                                  "memory, else tiles sized from it; A1111's default is 192)", 0, 512),
     Option("ESRGAN_tile_overlap", int, 8, "Tile overlap for upscaler models, pixels (the seams are blended)", 0, 48),
     _outdir("outdir_samples", "", "Output directory for images; if empty, defaults to the per-mode folders"),
     _outdir("outdir_txt2img_samples", "txt2img-images", "Output directory for txt2img images"),
