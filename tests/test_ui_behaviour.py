@@ -37,6 +37,23 @@ def ui(tmp_path_factory):
     services.close()
 
 
+def write_vae2_model(folder):
+    """A tiny SD1 diffusers folder whose VAE downsamples by 2 (two blocks) instead of SD's 8."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    from bench.synth.factory import _tiny_vae_config, tiny_pipeline, write_diffusers_folder
+
+    pipe = tiny_pipeline("sd1", seed=3)
+    cfg = _tiny_vae_config(0.18215)
+    cfg.update(block_out_channels=[32, 32], down_block_types=["DownEncoderBlock2D"] * 2,
+               up_block_types=["UpDecoderBlock2D"] * 2)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        pipe.register_modules(vae=AutoencoderKL(**cfg).eval())
+    return write_diffusers_folder(pipe, folder)
+
+
 class Page:
     """What the browser holds for one tab: each field's value and each dropdown's choices, changed only by
     the updates the handlers return (as Gradio applies them)."""
@@ -129,20 +146,9 @@ def test_xyz_values_of_an_axis_back_to_nothing_do_not_reach_the_infotext(ui):
 def test_inpaint_upload_with_a_vae_scale_factor_of_2(ui, tmp_path):
     """Tiny VAEs downsample by 2, SD's by 8: the mask's latent size must follow the pipeline's factor."""
     import numpy as np
-    import torch
-    from diffusers import AutoencoderKL
     from PIL import Image
 
-    from bench.synth.factory import _tiny_vae_config, tiny_pipeline, write_diffusers_folder
-
-    pipe = tiny_pipeline("sd1", seed=3)
-    cfg = _tiny_vae_config(0.18215)
-    cfg.update(block_out_channels=[32, 32], down_block_types=["DownEncoderBlock2D"] * 2,
-               up_block_types=["UpDecoderBlock2D"] * 2)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        pipe.register_modules(vae=AutoencoderKL(**cfg).eval())
-    folder = write_diffusers_folder(pipe, ui.data / "models" / "Stable-diffusion" / "tiny-vae2")
+    folder = write_vae2_model(ui.data / "models" / "Stable-diffusion" / "tiny-vae2")
     services = ui.services
     services.registry.refresh()
     title = ui.find_checkpoint(folder.name)
