@@ -76,9 +76,9 @@ def _target(image: Image.Image, req: ExtrasRequest, info: dict[str, Any]) -> flo
     return req.upscaling_resize
 
 
-def _one(image: Image.Image, req: ExtrasRequest, name: str, scale: float, upscalers: Upscalers,
+def _one(image: Image.Image, req: ExtrasRequest, field: str, scale: float, upscalers: Upscalers,
          progress, info: dict[str, Any]) -> Image.Image:
-    out = upscalers.upscale(image, scale, name, progress=progress, field="upscaler_1")
+    out = upscalers.upscale(image, scale, getattr(req, field), progress=progress, field=field)
     if req.resize_mode == 1 and req.upscaling_crop:
         # A1111 pastes the upscaled image centred on a canvas of exactly the asked size (a crop when larger)
         canvas = Image.new("RGB", (req.upscaling_resize_w, req.upscaling_resize_h))
@@ -99,10 +99,10 @@ def postprocess(image: Image.Image, req: ExtrasRequest, upscalers: Upscalers,
     if max(w, h) > MAX_OUTPUT_SIDE or w * h > MAX_OUTPUT_PIXELS:
         raise ParameterError("upscaling_resize", f"the result would be {w}x{h}, above the {MAX_OUTPUT_SIDE}px / "
                                                  f"{MAX_OUTPUT_PIXELS // 1_000_000} MP limit")
-    out = _one(image, req, req.upscaler_1, scale, upscalers, progress, info)
+    out = _one(image, req, "upscaler_1", scale, upscalers, progress, info)
     info["Postprocess upscaler"] = req.upscaler_1
     if req.upscaler_2 != "None" and req.extras_upscaler_2_visibility > 0:
-        second = _one(image, req, req.upscaler_2, scale, upscalers, progress, {})
+        second = _one(image, req, "upscaler_2", scale, upscalers, progress, {})
         if second.size != out.size:   # the two upscalers round differently only through their own passes
             second = second.resize(out.size, Image.LANCZOS)
         out = Image.blend(out, second, req.extras_upscaler_2_visibility)

@@ -80,6 +80,7 @@ def add_routes(route, state, http_error) -> None:
 
     @route("/upscalers", ["GET"], response_model=list[M.UpscalerItem])
     def get_upscalers():
+        upscalers.refresh()   # a folder walk: files added since start are listed without a restart
         return [{"name": e.name, "model_name": e.model_name, "model_path": e.model_path, "model_url": None,
                  "scale": e.scale} for e in upscalers.entries()]
 
