@@ -103,7 +103,7 @@ def main(argv=None) -> None:
     merge_backup_mb = engine.networks.merge_backup_bytes(pipe) / 1e6   # the last job was a Fast one
     latents = torch.randn(1, 4, args.size // 8, args.size // 8, generator=torch.Generator().manual_seed(0))
     c0 = time.process_time()
-    decode_s, _ = timed(lambda: engine._decode(pipe, latents.to(pipe.unet.device, pipe.unet.dtype)))
+    decode_s, _ = timed(lambda: engine.decode(pipe, latents.to(pipe.unet.device, pipe.unet.dtype)))
     decode_cpu = time.process_time() - c0
     tiny = manager.tiny_vae()
     tiny_decode_s, _ = timed(lambda: tiny.decode(latents.to(tiny.device, tiny.dtype)))

@@ -47,7 +47,7 @@ from .core.errors import Interrupted, ParameterError, Skipped, UserError
 from .params.declarations import BY_NAME, PARAMS, GenerationRequest, Param
 
 if TYPE_CHECKING:   # no torch import here: generation imports this module
-    from .generate.engine import GenerationResult
+    from .generate.results import GenerationResult
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ class GenerationCall:
         """One result for a job made of several generations: `grid` first (saved with `save_grid`; its
         infotext is `infotext`, else the first image's), then, with `cell_images`, every image of `parts`
         in order (already saved by `generate`). Seeds, notices, skips and interrupts are merged."""
-        from .generate.engine import GenerationResult
+        from .generate.results import GenerationResult
 
         result = GenerationResult(request=self.request)
         first = next((p for p in parts if p.images), None)

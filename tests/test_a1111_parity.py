@@ -55,13 +55,13 @@ class Captured:
     def __init__(self, monkeypatch, unet):
         self.latents = []
         self.cond = None
-        original = Engine._final_decode
+        original = Engine.final_decode
 
         def capture(engine, pipe, latents, req, result):
             self.latents.append(latents.detach().clone())
             return original(engine, pipe, latents, req, result)
 
-        monkeypatch.setattr(Engine, "_final_decode", capture)
+        monkeypatch.setattr(Engine, "final_decode", capture)
         self.handle = unet.register_forward_pre_hook(self._hook, with_kwargs=True)
 
     def _hook(self, module, args, kwargs):

@@ -13,7 +13,8 @@ from PIL import Image
 
 from pipelines.images import inputs as ii
 from pipelines.core.errors import UserError
-from pipelines.generate.engine import Engine, _encode_images
+from pipelines.generate.engine import Engine
+from pipelines.generate.sampling import encode_images
 from pipelines.images.metadata import read_infotext
 from pipelines.params.infotext import parse_infotext
 from pipelines.core.jobs import JobControl
@@ -114,7 +115,7 @@ def test_denoising_zero_returns_the_vae_round_trip_without_sampling(engine, monk
     init = _image(64, 64, 3)
     result = engine.img2img(_req(denoising_strength=0.0), init, save=False)
     assert calls.n == 0 and result.steps_run == 0 and not result.notices
-    round_trip = engine._decode(pipe, _encode_images(pipe, [init]))[0]
+    round_trip = engine.decode(pipe, encode_images(pipe, [init]))[0]
     assert np.abs(_arr(result.images[0]) - _arr(round_trip)).max() <= 1
     # strength above 0 but below one step of a diffusers sampler: the same, with a notice saying so (A1111's
     # k-diffusion samplers run t_enc + 1 = 1 step there)

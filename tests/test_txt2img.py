@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines.generate import engine as generation, noise
+from pipelines.generate import engine as generation, noise, sampling
 from pipelines.images import metadata as image_metadata
 from pipelines.params import declarations as params
 from pipelines.prompts.conditioning import PromptEncoder
@@ -195,7 +195,7 @@ def test_engine_noise_comes_from_the_cpu_generators(sd1, monkeypatch):
         drawn.append((args, out))
         return out
 
-    monkeypatch.setattr(generation, "image_noise", spy)
+    monkeypatch.setattr(sampling, "image_noise", spy)
     _run(sd1, seed=40, batch_size=2)
     (shape, seeds, *_), (tensor, gens) = drawn[0]
     assert shape == (2, 4, 8, 8) and seeds == [40, 41]
@@ -409,7 +409,7 @@ def test_progress_reaches_one_only_at_the_end(sd1, sampler):
     assert fractions == sorted(fractions) and len(fractions) == r.steps_run
 
 
-def test_interrupt_keeps_finished_images(sd1, tmp_path):
+def test_interrupt_keeps_finished_images_and_the_partial_one(sd1, tmp_path):
     def hook(control):
         if control.progress.image == 1:
             control.interrupt()
@@ -418,10 +418,17 @@ def test_interrupt_keeps_finished_images(sd1, tmp_path):
     control = Recorder(hook)
     r = _run(sd1, control, saver=OutputSaver(root), seed=20, n_iter=3)
     assert r.interrupted and r.skipped == 0
-    assert len(r.images) == 1 and r.seeds == [20] and len(r.paths) == 1
-    assert _files(root) == [r.paths[0]]
+    # A1111: the interrupted image ends as its latest prediction, decoded and saved
+    assert len(r.images) == 2 and r.seeds == [20, 21] and len(r.paths) == 2
+    assert _files(root) == sorted(r.paths)
     assert r.steps_run == 5  # image 2 stopped after its first step, image 3 never started
     assert r.images[0].tobytes() == _run(sd1, seed=20).images[0].tobytes()
+    assert r.images[1].tobytes() != _run(sd1, seed=21).images[0].tobytes()
+    # with keep_interrupted off the partial image is dropped
+    engine = Engine(sd1, None)
+    engine.keep_interrupted = False
+    dropped = engine.txt2img(_req(seed=20, n_iter=3), Recorder(hook), save=False)
+    assert dropped.interrupted and dropped.seeds == [20]
 
 
 def test_skip_drops_the_current_image_only(sd1, tmp_path):
@@ -439,13 +446,13 @@ def test_skip_drops_the_current_image_only(sd1, tmp_path):
 def test_skip_after_the_last_step_does_not_drop_the_next_image(sd1, monkeypatch):
     control = JobControl()
     engine = Engine(sd1)
-    decode = engine._decode
+    decode = engine.decode
 
     def decode_then_skip(pipe, latents):
         control.skip()  # pressed while the image is decoded: nothing left to skip
         return decode(pipe, latents)
 
-    monkeypatch.setattr(engine, "_decode", decode_then_skip)
+    monkeypatch.setattr(engine, "decode", decode_then_skip)
     r = engine.txt2img(_req(seed=30, n_iter=3, steps=2), control, save=False)
     assert r.seeds == [30, 31, 32] and r.skipped == 0
 

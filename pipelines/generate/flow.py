@@ -86,7 +86,7 @@ def txt2img(engine, loaded, req, result, batch_seeds, control=None, save: bool =
                 control.skipped.clear()
                 control.check()
             latents = _sample(pipe, req, embeds, pooled, neg_embeds, neg_pooled, b_seeds, b_subseeds, progress, b0)
-            images = engine._decode(pipe, pipe._unpack_latents(latents, req.height, req.width, pipe.vae_scale_factor))
+            images = engine.decode(pipe, pipe._unpack_latents(latents, req.height, req.width, pipe.vae_scale_factor))
         except Skipped:
             result.skipped += 1
             continue
@@ -94,7 +94,7 @@ def txt2img(engine, loaded, req, result, batch_seeds, control=None, save: bool =
             result.interrupted = True
             break
         for k, image in enumerate(images):
-            engine._finish_image(result, loaded, req, image, b_seeds[k], b_subseeds[k], save, extra=extra)
+            engine.finish_image(result, loaded, req, image, b_seeds[k], b_subseeds[k], save, extra=extra)
     result.steps_run = progress.done
     result.notices.extend(n for n in notices if n not in result.notices)
     return result

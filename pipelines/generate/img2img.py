@@ -2,7 +2,7 @@
 
     result = engine.img2img(req, [init_image], mask=None, control=None, save=True)
 
-What this module adds around `Engine._sample` (the diffusers call that txt2img also uses):
+What this module adds around `sampling.sample` (the diffusers call that txt2img also uses):
 
 - Inputs are decoded and checked by `image_inputs` (`load_image` / `load_mask`), resized with A1111's
   four resize modes and, with a mask, processed like A1111 (invert, blur, whole picture or "only masked").
@@ -34,9 +34,9 @@ from ..images import inputs as image_inputs, metadata as image_metadata
 from ..params import declarations as params
 from ..prompts.conditioning import PromptEncoder
 from ..core.errors import Interrupted, Skipped, UserError
-from . import samplers
-from .engine import (Engine, GenerationResult, _call_params, _callbacks, _encode_images, _StepTracker, batch_seeds,
-                     img2img_steps)
+from . import sampling
+from .results import GenerationResult, StepTracker
+from .sampling import SamplingJob, batch_seeds, call_params, encode_images, evaluations, img2img_steps
 from ..images.inputs import PreparedImage
 from ..core.jobs import JobControl
 from .noise import image_noise
@@ -50,7 +50,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".ti
 
 # ---------------------------------------------------------------------------------------- one request
 
-def img2img(engine: Engine, req: GenerationRequest, images: Any, mask: Any = None,
+def img2img(engine, req: GenerationRequest, images: Any, mask: Any = None,
             control: JobControl | None = None, *, save: bool = True, controlnet: list | None = None
             ) -> GenerationResult:
     """Generate from init image(s) (+ an optional inpaint mask, white = repaint).
@@ -89,8 +89,8 @@ def img2img(engine: Engine, req: GenerationRequest, images: Any, mask: Any = Non
                 for src in sources]
     start = time.perf_counter()
     with engine.manager.lock:
-        loaded = engine._prepare_model(req)
-        cn = engine._controlnet(controlnet, req, req.width, req.height, init_image=prepared[0].control)
+        loaded = engine.prepare_model(req)
+        cn = engine.controlnet_job(controlnet, req, req.width, req.height, init_image=prepared[0].control)
         try:
             # styles, LoRAs, embeddings: as txt2img
             with engine.prompt_job(loaded, req) as job, engine.vae_tiling(loaded, req):
@@ -106,7 +106,7 @@ def img2img(engine: Engine, req: GenerationRequest, images: Any, mask: Any = Non
 
 @torch.no_grad()
 def _encode(pipe, prepared: PreparedImage, width: int, height: int) -> torch.Tensor:
-    latents = _encode_images(pipe, [prepared.init]).float()
+    latents = encode_images(pipe, [prepared.init]).float()
     size = (height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)   # 8 for SD; tiny test VAEs: 2
     if prepared.latent_upscale and latents.shape[-2:] != size:
         latents = torch.nn.functional.interpolate(latents, size=size, mode="bilinear")
@@ -128,7 +128,7 @@ def _mask_inputs(pipe, prepared: PreparedImage, width: int, height: int, nine_ch
     return latent_mask, latents.float().cpu()
 
 
-def _run(engine: Engine, req: GenerationRequest, loaded, prepared: list[PreparedImage],
+def _run(engine, req: GenerationRequest, loaded, prepared: list[PreparedImage],
          control: JobControl | None, save: bool, notices: list[str], cn=None, job=None) -> GenerationResult:
     from PIL import Image
 
@@ -138,10 +138,10 @@ def _run(engine: Engine, req: GenerationRequest, loaded, prepared: list[Prepared
         # An inpainting UNet always needs a mask: the whole image (A1111 uses an all-ones mask too).
         for p in prepared:
             p.mask = Image.new("L", (req.width, req.height), 255)
-    pipe = engine._mode_pipeline("inpaint" if masked or nine_channel else "img2img", cn)
+    pipe = engine.mode_pipeline("inpaint" if masked or nine_channel else "img2img", cn)
     with_mask = prepared[0].mask is not None           # masked, or a 9-channel UNet's whole-image mask
     # diffusers' ControlNet inpaint pipelines take no masked-image latents: they get pixels and encode them.
-    pixel_input = with_mask and "masked_image_latents" not in _call_params(pipe)
+    pixel_input = with_mask and "masked_image_latents" not in call_params(pipe)
     if pixel_input and masked and req.inpainting_fill in (2, 3):
         notices.append(f"masked content '{params.MASKED_CONTENT[req.inpainting_fill]}' is not available with "
                        f"ControlNet inpainting; 'original' was used")
@@ -150,13 +150,13 @@ def _run(engine: Engine, req: GenerationRequest, loaded, prepared: list[Prepared
     n_images = bs * req.n_iter
     seeds, subseeds = batch_seeds(req)
     # what the sampler runs: A1111's t_enc + 1 for the k-diffusion samplers, int(steps x strength) otherwise
-    run = img2img_steps(samplers.resolve(req.sampler_name, req.scheduler)[0], req.steps, req.denoising_strength)
+    run = img2img_steps(loaded, req, req.steps, req.denoising_strength)
     if run < 1 and req.denoising_strength > 0:
         notices.append(f"denoising strength {req.denoising_strength:g} x {req.steps} steps is less than one step: "
                        f"no sampling was done, the result is the init image")
-    per_image = _callbacks(loaded, req, req.steps, run) if run >= 1 else 0
-    tracker = _StepTracker(control, per_image * req.n_iter, n_images, sdxl, engine.preview_every,
-                           engine._preview_decoder(control))
+    per_image = evaluations(loaded, req, req.steps, run) if run >= 1 else 0
+    tracker = StepTracker(control, per_image * req.n_iter, n_images, sdxl, engine.preview_every,
+                           engine.preview_decoder(control))
     label = f"img2img ({run} of {req.steps} steps at denoising {req.denoising_strength:g})"
 
     # Per batch row: the init latents; with a mask, the masks (PIL for the pipeline, latent for the fills
@@ -190,12 +190,16 @@ def _run(engine: Engine, req: GenerationRequest, loaded, prepared: list[Prepared
             elif masked and req.inpainting_fill == 3 and not pixel_input:    # latent nothing
                 start = init * (1 - latent_mask)
             if run >= 1:
-                latents, _ = engine._sample(pipe, loaded, encoder, enc_req, req.steps, w, h, batch_seeds_,
-                                            batch_subseeds, tracker, b0, label,
-                                            image=pixels if pixel_input else start,
-                                            strength=req.denoising_strength, gens=gens, mask=mask_pils,
-                                            masked_image_latents=masked_latents, noise=noise, cn=cn,
-                                            latent_mask=latent_mask)
+                job_ = SamplingJob(enc_req, encoder, req.steps, w, h, batch_seeds_, batch_subseeds, tracker, b0, label,
+                                   image=pixels if pixel_input else start, strength=req.denoising_strength,
+                                   generators=gens, mask=mask_pils, latent_mask=latent_mask,
+                                   masked_image_latents=masked_latents, noise=noise, controlnet=cn)
+                try:
+                    latents, _ = sampling.sample(pipe, loaded, job_, engine.hooks)
+                except Interrupted as stop:   # A1111 keeps the partial image (Engine.keep_interrupted)
+                    if not engine.keep_interrupted or getattr(stop, "latents", None) is None:
+                        raise
+                    result.interrupted, latents = True, stop.latents
             else:
                 latents = start
                 if control is not None:
@@ -205,7 +209,7 @@ def _run(engine: Engine, req: GenerationRequest, loaded, prepared: list[Prepared
             if masked:  # A1111: the kept area is exactly the init latents after the last step
                 m = latent_mask.to(latents.device, latents.dtype)
                 latents = start.to(latents.device, latents.dtype) * (1 - m) + latents * m
-            images = engine._final_decode(pipe, latents, req, result)
+            images = engine.final_decode(pipe, latents, req, result)
         except Skipped:
             result.skipped += 1
             continue
@@ -215,10 +219,12 @@ def _run(engine: Engine, req: GenerationRequest, loaded, prepared: list[Prepared
         extra = job.infotext() if job else None
         for k, image in enumerate(images):
             final = image_inputs.composite(image, rows[k])
-            engine._finish_image(result, loaded, req, final, batch_seeds_[k], batch_subseeds[k], save,
+            engine.finish_image(result, loaded, req, final, batch_seeds_[k], batch_subseeds[k], save,
                                  mode="img2img", masked=masked, cn=cn, extra=extra)
+        if result.interrupted:
+            break
     result.steps_run = tracker.done
-    engine._controlnet_result(result, cn, w, h)
+    engine.controlnet_result(result, cn, w, h)
     return result
 
 
@@ -293,7 +299,7 @@ def _write(path: Path, image, infotext: str, fmt: str) -> None:
         raise
 
 
-def img2img_batch(engine: Engine, req: GenerationRequest, input_dir, output_dir=None, mask_dir=None,
+def img2img_batch(engine, req: GenerationRequest, input_dir, output_dir=None, mask_dir=None,
                   control: JobControl | None = None) -> BatchResult:
     """img2img (inpainting with `mask_dir`) over every image of `input_dir`.
 

@@ -156,15 +156,17 @@ class _StepOutput:
 
 
 @functools.lru_cache(maxsize=8)
-def _training_sigmas(num_train_timesteps, beta_start, beta_end, beta_schedule) -> TrainingSigmas:
+def _training_sigmas(num_train_timesteps, beta_start, beta_end, beta_schedule, rescale_zero_snr) -> TrainingSigmas:
     return TrainingSigmas.from_config(dict(num_train_timesteps=num_train_timesteps, beta_start=beta_start,
-                                           beta_end=beta_end, beta_schedule=beta_schedule))
+                                           beta_end=beta_end, beta_schedule=beta_schedule,
+                                           rescale_betas_zero_snr=rescale_zero_snr))
 
 
 def training_sigmas(config: dict) -> TrainingSigmas:
     """The checkpoint's sigma table, from its scheduler config (cached: a handful of checkpoints)."""
     return _training_sigmas(int(config.get("num_train_timesteps", 1000)), float(config.get("beta_start", 0.00085)),
-                            float(config.get("beta_end", 0.012)), config.get("beta_schedule", "scaled_linear"))
+                            float(config.get("beta_end", 0.012)), config.get("beta_schedule", "scaled_linear"),
+                            bool(config.get("rescale_betas_zero_snr", False)))
 
 
 @dataclass(frozen=True)
