@@ -299,3 +299,10 @@ def test_hires_second_pass_is_a1111s(manager, monkeypatch, sampler):
     ref = reference_latents(loaded, captured.cond, sampler, "Automatic", hr_steps, [11], 6.0, init=upscaled,
                             t_enc=hr_steps - 1, full_steps=total, noise_shape=(4, 12, 12))
     assert _rel(captured.latents[0], ref) <= TOLERANCE
+
+
+def test_zero_terminal_snr_checkpoints_get_their_own_sigma_table():
+    from pipelines.generate import kscheduler
+
+    assert kscheduler.training_sigmas({"rescale_betas_zero_snr": True}).sigma_max == pytest.approx(4518.8, abs=0.5)
+    assert kscheduler.training_sigmas({}).sigma_max == pytest.approx(14.61, abs=0.01)
