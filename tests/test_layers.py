@@ -129,7 +129,7 @@ MAX_FUNCTION_LINES = 80
 KNOWN_LARGE = {
     "pipelines/prompts/networks.py", "pipelines/prompts/parser.py:parse_attention", "webui/extensions/loader.py",
     "pipelines/generate/img2img.py:_run", "pipelines/generate/img2img.py:img2img_batch",
-    "pipelines/generate/engine.py:_sample", "webui/__main__.py:main", "webui/api/routes.py",
+    "webui/__main__.py:main", "webui/api/routes.py",
     "webui/api/routes.py:create_api_router", "extensions/xyz_plot/main.py:setup",
 }
 

@@ -17,7 +17,7 @@ from ..core.errors import Interrupted
 from ..hooks import StepProgress
 from ..params import declarations as params
 from ..params.declarations import GenerationRequest
-from ..prompts.conditioning import Conditioning, PromptEncoder, at_step
+from ..prompts.conditioning import PromptEncoder, at_step
 from ..models import detect
 from . import kscheduler, samplers
 from .noise import image_noise
@@ -70,71 +70,105 @@ def sample(pipe, loaded, job: SamplingJob, hooks) -> tuple[torch.Tensor, Any]:
     """One diffusers call producing a batch's latents (and the generators it drew from); prompt schedules swap
     embeddings between steps. `hooks`: the engine's HookRegistry (on_step). An interrupt raises
     `Interrupted` with `latents` set to the latest prediction (A1111 keeps it as the partial image)."""
-    req, encoder, steps, width, height = job.req, job.encoder, job.steps, job.width, job.height
-    seeds, subseeds, tracker, image0, label = job.seeds, job.subseeds, job.tracker, job.image0, job.label
-    image, strength, gens, hires_steps = job.image, job.strength, job.generators, job.hires_steps
-    mask, masked_image_latents, noise, cn = job.mask, job.masked_image_latents, job.noise, job.controlnet
-    latent_mask = job.latent_mask
-    batch = len(seeds)
-    device = pipe.unet.device
-    dtype = pipe.unet.dtype
+    req, batch = job.req, len(job.seeds)
     sdxl = "add_text_embeds" in getattr(pipe, "_callback_tensor_inputs", [])
-    kwargs: dict[str, Any] = {}
-    if image is None:
-        shape = (batch, 4, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
-        noise, gens = image_noise(shape, seeds, subseeds, req.subseed_strength)
-        kwargs["latents"] = noise.to(device, dtype)
+    kwargs, noise, gens = _image_inputs(pipe, loaded, job)
+    gens, order = _set_scheduler(pipe, loaded, job, kwargs, noise, gens)
+    if job.hires_steps:
+        cond_sched, uncond_sched = embeds(job.encoder, req, req.steps, job.hires_steps, order)
     else:
-        kwargs["image"] = image
-        kwargs["strength"] = strength
-    if mask is not None:
-        kwargs["mask_image"] = mask
-        if masked_image_latents is not None:
-            kwargs["masked_image_latents"] = masked_image_latents.to(device, dtype)
-    elif loaded.arch.inpaint:
-        kwargs.update(full_mask_inputs(pipe, width, height, image))
-    sampler = a1111_sampler(loaded, req)
-    if sampler is not None:   # A1111's own computation (pipelines.generate.kscheduler)
-        pipe_image = image
-        if image is not None and not isinstance(image, torch.Tensor):
-            image = encode_images(pipe, image).float()   # pixel inputs (hires upscalers, ControlNet inpaint)
-        if image is not None and noise is None:           # hires: fresh per-image noise at the new size (A1111)
-            noise, gens = image_noise(tuple(image.shape), seeds, subseeds, req.subseed_strength)
-        run_steps = None if image is None else (hires_steps or img2img_steps(loaded, req, steps, strength))
-        pipe.scheduler = kscheduler.build(
-            loaded.scheduler_config, sampler, k_settings(req, loaded), steps, noise=noise.to(device),
-            generators=gens, seeds=seeds, run_steps=run_steps,
-            init_latents=None if image is None else image.to(device, torch.float32),
-            mask=latent_mask if mask is not None else None)
-        if image is not None:
-            # the scheduler owns the tail: the pipeline runs all its steps
-            kwargs.update(image=pipe_image if pipe_image is not image else image.to(device, dtype), strength=1.0)
-        gens = torch.Generator("cpu").manual_seed(0)                     # what the pipeline draws is unused
-        order = pipe.scheduler.prompt_steps_multiplier
-    else:
-        pipe.scheduler = samplers.build_scheduler(loaded.scheduler_config, req.sampler_name, req.scheduler)
-        if noise is not None and image is not None:
-            kwargs.update(seeded_noise(pipe, noise.to(device, dtype), strength))
-        order = pipe.scheduler.order
-    if hires_steps:
-        cond_sched, uncond_sched = embeds(encoder, req, req.steps, hires_steps, order)
-    else:
-        cond_sched, uncond_sched = embeds(encoder, req, steps, None, order)
-
-    def embeds_at(step: int) -> tuple[Conditioning, Conditioning]:
-        return at_step(cond_sched, step), at_step(uncond_sched, step)
-
-    cond, uncond = embeds_at(0)
+        cond_sched, uncond_sched = embeds(job.encoder, req, job.steps, None, order)
+    cond, uncond = at_step(cond_sched, 0), at_step(uncond_sched, 0)
     kwargs.update(prompt_embeds=cond.embeds.repeat(batch, 1, 1),
                   negative_prompt_embeds=uncond.embeds.repeat(batch, 1, 1))
     if sdxl:
         kwargs.update(pooled_prompt_embeds=cond.pooled.repeat(batch, 1),
                       negative_pooled_prompt_embeds=uncond.pooled.repeat(batch, 1))
+    latest: dict[str, Any] = {}
+    on_step_end, tensor_inputs = _step_callback(loaded, job, hooks, cond_sched, uncond_sched, sdxl, latest)
+    accepted = call_params(pipe)
+    cn = job.controlnet
+    if cn is not None and cn.active:
+        kwargs.update(cn.call_kwargs(pipe, job.width, job.height, req.cfg_scale))
+    if "eta" in accepted:
+        kwargs["eta"] = req.eta
+    if "guidance_rescale" in accepted:
+        kwargs["guidance_rescale"] = req.guidance_rescale
+    if "height" in accepted:  # img2img pipelines take the size from the image
+        kwargs.update(height=job.height, width=job.width)
+    try:
+        latents = pipe(num_inference_steps=job.steps, guidance_scale=req.cfg_scale, generator=gens,
+                       output_type="latent", callback_on_step_end=on_step_end,
+                       callback_on_step_end_tensor_inputs=tensor_inputs, **kwargs).images
+    except Interrupted as stop:
+        # A1111 returns the last denoised prediction of an interrupted run; diffusers' samplers: the latents
+        stop.latents = getattr(pipe.scheduler, "last_denoised", None)
+        if stop.latents is None:
+            stop.latents = latest.get("latents")
+        raise
+    return latents, gens
+
+
+def _image_inputs(pipe, loaded, job: SamplingJob) -> tuple[dict[str, Any], torch.Tensor | None, Any]:
+    """The pipeline's latents / init image / mask arguments, the initial noise and its generators."""
+    device, dtype = pipe.unet.device, pipe.unet.dtype
+    noise, gens, image = job.noise, job.generators, job.image
+    kwargs: dict[str, Any] = {}
+    if image is None:
+        shape = (len(job.seeds), 4, job.height // pipe.vae_scale_factor, job.width // pipe.vae_scale_factor)
+        noise, gens = image_noise(shape, job.seeds, job.subseeds, job.req.subseed_strength)
+        kwargs["latents"] = noise.to(device, dtype)
+    else:
+        kwargs["image"] = image
+        kwargs["strength"] = job.strength
+    if job.mask is not None:
+        kwargs["mask_image"] = job.mask
+        if job.masked_image_latents is not None:
+            kwargs["masked_image_latents"] = job.masked_image_latents.to(device, dtype)
+    elif loaded.arch.inpaint:
+        kwargs.update(full_mask_inputs(pipe, job.width, job.height, image))
+    return kwargs, noise, gens
+
+
+def _set_scheduler(pipe, loaded, job: SamplingJob, kwargs: dict, noise, gens) -> tuple[Any, int]:
+    """Put the request's sampler on the pipeline; returns the generators the pipeline gets and the number
+    of model evaluations per step the prompt schedule counts."""
+    req, image = job.req, job.image
+    device, dtype = pipe.unet.device, pipe.unet.dtype
+    sampler = a1111_sampler(loaded, req)
+    if sampler is None:
+        pipe.scheduler = samplers.build_scheduler(loaded.scheduler_config, req.sampler_name, req.scheduler)
+        if noise is not None and image is not None:
+            kwargs.update(seeded_noise(pipe, noise.to(device, dtype), job.strength))
+        return gens, pipe.scheduler.order
+    # A1111's own computation (pipelines.generate.kscheduler)
+    pipe_image = image
+    if image is not None and not isinstance(image, torch.Tensor):
+        image = encode_images(pipe, image).float()   # pixel inputs (hires upscalers, ControlNet inpaint)
+    if image is not None and noise is None:           # hires: fresh per-image noise at the new size (A1111)
+        noise, gens = image_noise(tuple(image.shape), job.seeds, job.subseeds, req.subseed_strength)
+    run_steps = None if image is None else (job.hires_steps or img2img_steps(loaded, req, job.steps, job.strength))
+    pipe.scheduler = kscheduler.build(
+        loaded.scheduler_config, sampler, k_settings(req, loaded), job.steps, noise=noise.to(device),
+        generators=gens, seeds=job.seeds, run_steps=run_steps,
+        init_latents=None if image is None else image.to(device, torch.float32),
+        mask=job.latent_mask if job.mask is not None else None)
+    if image is not None:
+        # the scheduler owns the tail: the pipeline runs all its steps
+        kwargs.update(image=pipe_image if pipe_image is not image else image.to(device, dtype), strength=1.0)
+    return torch.Generator("cpu").manual_seed(0), pipe.scheduler.prompt_steps_multiplier   # (its draws are unused)
+
+
+def _step_callback(loaded, job: SamplingJob, hooks, cond_sched, uncond_sched, sdxl: bool, latest: dict):
+    """diffusers' callback_on_step_end (and the tensors it needs): prompt editing, CFG cut-off, progress,
+    the extensions' step hook; it keeps the latest latents in `latest`."""
+    req, tracker, batch = job.req, job.tracker, len(job.seeds)
+    cn = job.controlnet
     changing = len(cond_sched) > 1 or len(uncond_sched) > 1
     # CFG cut-off: after this fraction of steps the unconditional pass is dropped (about half the UNet
     # work). Pipelines that duplicate other inputs for CFG before the loop (ControlNet images, 9-channel
     # inpainting masks) cannot change batch mid-way, so there it is not applied.
-    cutoff = req.cfg_cutoff if req.cfg_cutoff < 1 and req.cfg_scale > 1 and mask is None \
+    cutoff = req.cfg_cutoff if req.cfg_cutoff < 1 and req.cfg_scale > 1 and job.mask is None \
         and not loaded.arch.inpaint and not (cn is not None and cn.active) else None
     swaps = changing or cutoff is not None
     tensor_inputs = ["latents"] + (["prompt_embeds"] + (["add_text_embeds", "add_time_ids"] if sdxl else [])
@@ -148,7 +182,7 @@ def sample(pipe, loaded, job: SamplingJob, hooks) -> tuple[torch.Tensor, Any]:
                 if name in cb_kwargs:
                     out[name] = cb_kwargs[name].chunk(2)[1]
         if changing:
-            c, u = embeds_at(i + 1)
+            c, u = at_step(cond_sched, i + 1), at_step(uncond_sched, i + 1)
             cfg = p.do_classifier_free_guidance
             out["prompt_embeds"] = torch.cat([u.embeds, c.embeds] if cfg else [c.embeds]) \
                 .repeat_interleave(batch, dim=0).to(cb_kwargs["prompt_embeds"].dtype)
@@ -156,35 +190,15 @@ def sample(pipe, loaded, job: SamplingJob, hooks) -> tuple[torch.Tensor, Any]:
                 out["add_text_embeds"] = torch.cat([u.pooled, c.pooled] if cfg else [c.pooled]) \
                     .repeat_interleave(batch, dim=0).to(cb_kwargs["add_text_embeds"].dtype)
         latest["latents"] = cb_kwargs.get("latents")
-        tracker.step(cb_kwargs.get("latents"), i, p.num_timesteps, image0, label)
+        tracker.step(cb_kwargs.get("latents"), i, p.num_timesteps, job.image0, job.label)
         if hooks.active("on_step"):
-            stage = label if label in ("txt2img", "hires") else "img2img"
+            stage = job.label if job.label in ("txt2img", "hires") else "img2img"
             hooks.on_step(StepProgress("img2img" if stage == "img2img" else "txt2img", stage,
-                                            req, i + 1, p.num_timesteps, image0, tracker.images,
-                                            min(1.0, tracker.done / tracker.total), cb_kwargs.get("latents")))
+                                       req, i + 1, p.num_timesteps, job.image0, tracker.images,
+                                       min(1.0, tracker.done / tracker.total), cb_kwargs.get("latents")))
         return out
 
-    accepted = call_params(pipe)
-    if cn is not None and cn.active:
-        kwargs.update(cn.call_kwargs(pipe, width, height, req.cfg_scale))
-    if "eta" in accepted:
-        kwargs["eta"] = req.eta
-    if "guidance_rescale" in accepted:
-        kwargs["guidance_rescale"] = req.guidance_rescale
-    if "height" in accepted:  # img2img pipelines take the size from the image
-        kwargs.update(height=height, width=width)
-    latest: dict[str, Any] = {}
-    try:
-        latents = pipe(num_inference_steps=steps, guidance_scale=req.cfg_scale, generator=gens,
-                       output_type="latent", callback_on_step_end=on_step_end,
-                       callback_on_step_end_tensor_inputs=tensor_inputs, **kwargs).images
-    except Interrupted as stop:
-        # A1111 returns the last denoised prediction of an interrupted run; diffusers' samplers: the latents
-        stop.latents = getattr(pipe.scheduler, "last_denoised", None)
-        if stop.latents is None:
-            stop.latents = latest.get("latents")
-        raise
-    return latents, gens
+    return on_step_end, tensor_inputs
 
 
 def batch_seeds(req: GenerationRequest) -> tuple[list[int], list[int]]:
