@@ -339,9 +339,13 @@ def main(argv: list[str]) -> int:
     else:
         cmd = [str(venv_python()), "-m", "webui", *argv]
     os.chdir(ROOT)
-    if in_venv():
-        return subprocess.call(cmd)
-    return subprocess.call(cmd)
+    if os.name == "posix":
+        # Become the app (same pid): a service manager's or the terminal's SIGTERM/Ctrl+C reaches it
+        # directly, and stopping launch.py never leaves an orphaned app holding the port.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(cmd[0], cmd)
+    return subprocess.call(cmd)   # Windows: no exec that keeps the console; Ctrl+C reaches the whole group
 
 
 if __name__ == "__main__":

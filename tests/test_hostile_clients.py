@@ -289,3 +289,19 @@ def test_presets_and_styles_are_read_only_when_exposed(tmp_path):
     with pytest.raises(UserError, match="--enable-insecure-extension-access"):
         styles.delete("fox")
     assert styles.names() == ["fox"]
+
+
+def test_sigterm_interrupts_a_long_job_and_exits_within_seconds(app):
+    """Last test of the shared server: an accepted long request is running when the app is told to stop."""
+    import signal
+    import threading
+
+    threading.Thread(target=lambda: txt2img(app, steps=150, n_iter=30, prompt="long"), daemon=True).start()
+    deadline = time.monotonic() + 30
+    while progress(app)["state"]["job"] == "" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "long" in progress(app)["state"]["job"]
+    started = time.monotonic()
+    app.proc.send_signal(signal.SIGTERM)
+    app.proc.wait(30)
+    assert time.monotonic() - started < 10 and app.proc.returncode == 0

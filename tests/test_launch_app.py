@@ -1,5 +1,7 @@
-"""Launch behaviour with the real process: no model → starts and says where to put one; a taken port →
-the next free one; --share offline → keeps serving locally and says why; --help documents every flag."""
+"""Launch behaviour with the real process: no model → starts and says where to put one; a taken
+explicit port → an error naming it; launch.py becomes
+the app (SIGTERM stops it, the port is free); --share offline → keeps serving locally and says why; --help
+documents every flag."""
 from __future__ import annotations
 
 import json
@@ -15,19 +17,11 @@ from tests.helpers.app import ROOT, AppProcess
 
 @pytest.fixture(scope="module")
 def bare_app(tmp_path_factory):
-    """No checkpoint anywhere, the wanted port taken, --share with no internet (or a share server refusing)."""
+    """No checkpoint anywhere, --share with no internet (or a share server refusing)."""
     tmp = tmp_path_factory.mktemp("bare")
-    blocker = socket.socket()
-    blocker.bind(("127.0.0.1", 0))
-    blocker.listen(1)
-    taken = blocker.getsockname()[1]
-    app = AppProcess(["--data-dir", str(tmp), "--outdir", str(tmp / "out"), "--share", "--auth", "u:p"],
-                     port=taken)
-    with app:
-        app.taken_port = taken
+    with AppProcess(["--data-dir", str(tmp), "--outdir", str(tmp / "out"), "--share", "--auth", "u:p"]) as app:
         app.data = tmp
         yield app
-    blocker.close()
 
 
 def config(app) -> dict:
@@ -48,11 +42,39 @@ def test_starts_without_a_model_and_says_where_to_put_one(bare_app):
     assert comps["no_model_box"]["props"]["visible"] is True
 
 
-def test_taken_port_moves_to_the_next_free_one(bare_app):
-    assert str(bare_app.taken_port) not in bare_app.url
-    port = int(bare_app.url.rstrip("/").rsplit(":", 1)[1])
-    assert port > bare_app.taken_port
-    assert requests.get(bare_app.url, timeout=10).status_code == 200
+def test_a_taken_explicit_port_is_an_error_naming_it(bare_app):
+    r = subprocess.run([sys.executable, "-m", "webui", "--ui-debug-mode", "--data-dir", str(bare_app.data),
+                        "--port", str(bare_app.port)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and f"--port {bare_app.port} is taken" in r.stderr, (r.returncode, r.stderr[-500:])
+    assert requests.get(bare_app.url, timeout=10).status_code == 200      # the app holding it is untouched
+
+
+def test_launch_py_becomes_the_app_and_stops_on_sigterm(tmp_path):
+    import os
+    import signal
+    import time
+
+    from tests.helpers.app import free_port
+
+    port = free_port()
+    env = dict(os.environ, WEBUI_VENV=sys.prefix, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "launch.py", "--skip-install", "--ui-debug-mode", "--data-dir",
+                             str(tmp_path), "--port", str(port)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in proc.stdout:
+            if "Running on local URL" in line:
+                break
+        assert requests.get(f"http://127.0.0.1:{port}/", timeout=10).status_code == 200
+        proc.send_signal(signal.SIGTERM)          # to launch.py's pid: with exec, that is the app
+        started = time.monotonic()
+        proc.wait(30)
+        assert time.monotonic() - started < 15
+        with socket.socket() as s:                # nothing is left holding the port
+            s.bind(("127.0.0.1", port))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def test_share_failure_keeps_serving_locally(bare_app):

@@ -188,8 +188,9 @@ def main(argv: list[str] | None = None) -> int:
             stop.wait(0.5)
     except KeyboardInterrupt:
         pass
-    print("Shutting down", flush=True)
-    server.stop()
+    print("Shutting down: queued jobs are dropped, the running one is interrupted", flush=True)
+    services.queue.stop(timeout=5)
+    server.stop(timeout=5)
     services.close()
     return 0
 

@@ -126,12 +126,20 @@ class JobQueue:
                 self._thread.start()
         return self
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
+        """Shut down: queued jobs end cancelled, the running one is interrupted (at its next step), and
+        the worker is waited for up to `timeout` seconds."""
         with self._cond:
             self._stop = True
+            while self._queue:
+                job = self._queue.popleft()
+                job.state, job.error = "cancelled", Interrupted()
+                job.done.set()
+            if self.current is not None:
+                self.current.control.interrupt()
             self._cond.notify_all()
         if self._thread:
-            self._thread.join(timeout=10)
+            self._thread.join(timeout=timeout)
 
     def submit(self, fn: Callable[[JobControl], Any], label: str = "", *, client: str | None = None,
                bounded: bool = True) -> Job:

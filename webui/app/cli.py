@@ -16,7 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     net = p.add_argument_group("network and access")
     net.add_argument("--listen", action="store_true", help="serve on 0.0.0.0 (all interfaces) instead of 127.0.0.1")
-    net.add_argument("--port", type=int, default=None, help="port (default 7860; the next free one if taken)")
+    net.add_argument("--port", type=int, default=None, help="port (an error if it is taken; default 7860, or the next free one)")
     net.add_argument("--share", action="store_true", help="create a public Gradio share link")
     net.add_argument("--auth", default=None, help="user:pass[,user2:pass2] required for the UI and API")
     net.add_argument("--auth-file", default=None, help="file with user:pass entries (comma or line separated)")

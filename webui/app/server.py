@@ -46,8 +46,14 @@ def port_is_free(host: str, port: int) -> bool:
 
 
 def find_port(host: str, wanted: int | None) -> int:
-    """`wanted` (default 7860) or the next free port after it."""
-    start = wanted or DEFAULT_PORT
+    """An explicit `wanted` port, or an error naming it when it is taken (clients would otherwise talk to
+    whatever holds it); without one, 7860 or the next free port after it."""
+    if wanted:
+        if not port_is_free(host, wanted):
+            raise OSError(f"--port {wanted} is taken on {host} (another app, or this one still running?): "
+                          "stop what holds it, or pass another --port")
+        return wanted
+    start = DEFAULT_PORT
     for port in range(start, min(start + PORT_TRIES, 65536)):
         if port_is_free(host, port):
             if port != start:
