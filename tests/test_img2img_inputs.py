@@ -278,3 +278,16 @@ def test_sketch_helpers():
     # A1111's softened edges with a blur: the composite fades into the original at the stroke border
     soft, _ = ii.inpaint_sketch(image, strokes, mask_blur=2)
     assert soft.getpixel((30, 30)) == (10, 20, 30) and soft.getpixel((12, 8)) != (255, 0, 0)
+
+
+def test_latent_upscale_encodes_at_the_images_own_size_in_multiples_of_8():
+    # mode 3 (latent upscale): the init image keeps its size, cut down to a multiple of 8 (the VAE's grid)
+    notices: list[str] = []
+    prep = ii.prepare(_noise(100, 61), None, width=64, height=64, resize_mode=3, notices=notices)
+    assert prep.init.size == (96, 56) and notices == []
+    assert ii.prepare(_noise(5, 70), None, width=64, height=64, resize_mode=3).init.size == (8, 64)
+    # up to 2048x2048 pixels as is; one row more is scaled down first, with a notice
+    assert ii.prepare(Image.new("RGB", (2048, 2048)), None, width=64, height=64, resize_mode=3,
+                      notices=notices).init.size == (2048, 2048) and notices == []
+    big = ii.prepare(Image.new("RGB", (2048, 2056)), None, width=64, height=64, resize_mode=3, notices=notices)
+    assert big.init.size[0] < 2048 and big.init.size[0] % 8 == 0 and "latent upscale" in notices[0]

@@ -306,3 +306,8 @@ def test_round_trip(prompt, negative, params):
             expected[f"{key}-1"], expected[f"{key}-2"] = size.groups()
     assert parsed.params == expected
     assert list(parsed.params) == list(expected)
+
+
+def test_unquote_edges():
+    # (mutation run survivors) the shortest quoted value is the empty string; one quote is no quoting
+    assert unquote('""') == "" and unquote('"') == '"' and unquote('"a"') == "a"

@@ -385,3 +385,10 @@ def test_chunking_loses_nothing(token_ids, breaks, chunk_len, backtrack):
     assert chunks and all(len(c[0]) == len(c[1]) == chunk_len for c in chunks)
     kept = [(t, w) for c in chunks for t, w in zip(*c) if t != 0]
     assert kept == tokens
+
+
+def test_chunk_len_of_one_is_allowed_and_zero_refused():
+    # (mutation run survivor) one token per chunk is a valid, if odd, chunking; below 1 is a ValueError
+    assert chunk_tokens([(5, 1.0), (6, 0.5)], chunk_len=1, pad_id=PAD, comma_id=None) == [([5], [1.0]), ([6], [0.5])]
+    with pytest.raises(ValueError, match="chunk_len must be >= 1"):
+        chunk_tokens([(5, 1.0)], chunk_len=0, pad_id=PAD)

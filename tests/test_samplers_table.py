@@ -108,3 +108,23 @@ def test_bad_names_and_conflicts_name_the_field():
         samplers.resolve("DDIM", "Karras")
     with pytest.raises(ParameterError, match="unknown sampler"):
         samplers.resolve("Bogus Karras")
+
+
+def test_k_sigmas_are_k_diffusions_schedules():
+    # the outside reference: k-diffusion's own schedule functions on the model's training sigmas
+    import torch
+    from k_diffusion import sampling
+
+    from pipelines.generate import schedules
+
+    table = schedules.TrainingSigmas.from_config(SD_SCHEDULE)
+    lo, hi = table.sigma_min, table.sigma_max
+    karras = samplers.k_sigmas(samplers.get_sampler("Euler"), "Karras", 6, table)
+    assert torch.allclose(karras.double(), sampling.get_sigmas_karras(6, lo, hi, rho=7.0).double(), rtol=1e-5)
+    automatic = samplers.k_sigmas(samplers.get_sampler("DPM++ 2M"), "Automatic", 5, table)      # = Karras
+    assert torch.allclose(automatic.double(), sampling.get_sigmas_karras(5, lo, hi).double(), rtol=1e-5)
+    # DPM2 discards the next-to-last sigma: one step more, then that one dropped (A1111)
+    dpm2 = samplers.k_sigmas(samplers.get_sampler("DPM2"), "Karras", 4, table)
+    full = sampling.get_sigmas_karras(5, lo, hi)
+    assert torch.allclose(dpm2.double(), torch.cat([full[:-2], full[-1:]]).double(), rtol=1e-5)
+    assert samplers.img2img_tail(karras, 6, 2).tolist() == karras[3:].tolist()            # t_enc + 1 steps
