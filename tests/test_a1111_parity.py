@@ -306,3 +306,9 @@ def test_zero_terminal_snr_checkpoints_get_their_own_sigma_table():
 
     assert kscheduler.training_sigmas({"rescale_betas_zero_snr": True}).sigma_max == pytest.approx(4518.8, abs=0.5)
     assert kscheduler.training_sigmas({}).sigma_max == pytest.approx(14.61, abs=0.01)
+
+
+def test_rng_source_a1111_offers_but_we_cannot_is_a_notice(manager, monkeypatch):
+    _, req, _ = _engine_txt2img(manager, monkeypatch, "sd1", randn_source="GPU")
+    result = Engine(manager, None, preview_every=0).txt2img(req, save=False)
+    assert any(n.startswith("RNG: GPU") for n in result.notices) and "RNG: GPU" in result.infotexts[0]

@@ -28,7 +28,7 @@ from ..prompts.extras import PromptJob, prompt_job
 from .. import upscale
 from ..upscale import outpaint
 from .results import GenerationResult, StepTracker
-from .sampling import SamplingJob, batch_seeds, encode_images, evaluations, hires_total
+from .sampling import SamplingJob, batch_seeds, encode_images, evaluations, hires_total, reproduction_notices
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class Engine:
             try:
                 with self.prompt_job(loaded, req) as job, self.vae_tiling(loaded, req, self._hires_size(req)):
                     result = self._run_txt2img(job.request, loaded, control, save, cn, job=job)
-                result.notices.extend(n for n in job.notices if n not in result.notices)
+                result.notices.extend(n for n in job.notices + reproduction_notices(req) if n not in result.notices)
             finally:
                 if cn is not None:
                     cn.release()

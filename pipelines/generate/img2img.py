@@ -95,7 +95,7 @@ def img2img(engine, req: GenerationRequest, images: Any, mask: Any = None,
             # styles, LoRAs, embeddings: as txt2img
             with engine.prompt_job(loaded, req) as job, engine.vae_tiling(loaded, req):
                 result = _run(engine, job.request, loaded, prepared, control, save, notices, cn, job)
-            notices.extend(job.notices)
+            notices.extend(job.notices + sampling.reproduction_notices(req))
         finally:
             if cn is not None:
                 cn.release()

@@ -233,6 +233,15 @@ def k_settings(req: GenerationRequest, loaded) -> kscheduler.KSettings:
         sdxl=loaded.arch.family in (detect.SDXL, detect.SDXL_REFINER))
 
 
+def reproduction_notices(req: GenerationRequest) -> list[str]:
+    """What of a request's A1111 settings this engine does not reproduce (said, never silently dropped)."""
+    notes = []
+    if req.randn_source != "CPU":
+        notes.append(f"RNG: {req.randn_source} is not available: the noise was drawn on the CPU (A1111's 'CPU' "
+                     f"source), so an image made with {req.randn_source} noise is not reproduced exactly")
+    return notes
+
+
 def a1111_sampler(loaded, req: GenerationRequest) -> samplers.Sampler | None:
     """The request's sampler when A1111's computation runs it (its k-diffusion samplers), else None."""
     sampler, _ = samplers.resolve(req.sampler_name, req.scheduler)

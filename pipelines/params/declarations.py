@@ -292,6 +292,9 @@ class GenerationRequest:
     eta: float = param(0.0, "Eta (DDIM / ancestral noise)", "Eta", 0.0, 1.0, 0.01, group="sampling",
         doc="0 = each sampler's default (A1111: 1 for ancestral/SDE samplers, 0 for DDIM)")
     # A1111's sampler parameters and options that change the image (pipelines.generate.kscheduler).
+    randn_source: str = param("CPU", "Random number generator source", "RNG", choices=("CPU", "GPU", "NV"),
+        widget="dropdown", group="sampling",
+        doc="A1111's RNG source; noise is always drawn on the CPU here (GPU/NV images are not reproduced: notice)")
     eta_noise_seed_delta: int = param(0, "Eta noise seed delta (ENSD)", "ENSD", 0, SEED_MAX, 1, group="sampling",
         doc="step noise of ancestral samplers from generators seeded with seed + this (A1111 option)")
     s_churn: float = param(0.0, "Sigma churn", "Sigma churn", 0.0, 100.0, 0.01, group="sampling")
