@@ -265,3 +265,27 @@ def test_styles_editor_round_trip_writes_an_a1111_file(ui):
     assert read_like_a1111(path) == {"Moody": ("dark and moody", "")}
     with pytest.raises(gr.Error, match="Choose the style"):
         editor.delete_style(None, [], [])
+
+
+def test_interrupt_at_step_2_of_10_keeps_and_saves_the_partial_image(ui, monkeypatch):
+    from pipelines.core.jobs import JobControl
+
+    real_update = JobControl.update
+
+    def update(self, **changes):   # the user presses Interrupt while step 2 of 10 runs
+        real_update(self, **changes)
+        if changes.get("step") == 2:
+            self.interrupt()
+
+    monkeypatch.setattr(JobControl, "update", update)
+    tab = ui.tab_objects["txt2img"]
+    page = Page(tab)
+    page.values.update(prompt="a lighthouse", width=64, height=64, steps=10, sampler_name="Euler", seed=3,
+                       checkpoint=ui.current_checkpoint())
+    final = drain(tab.run(request=None, **page.values))[-1]
+    state = final[tab.result_state]
+    assert "Interrupted: 1 image(s) kept" in final[tab.progress]
+    assert len(state["paths"]) == 1 and final[tab.gallery] == state["paths"]     # shown and saved
+    from pipelines.images.metadata import read_infotext
+
+    assert "Steps: 10" in read_infotext(state["paths"][0])[0]
