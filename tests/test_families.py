@@ -324,3 +324,32 @@ def test_flux_fp8_files_stay_fp8_and_compute_in_higher_precision(flux, tmp_path)
     reference = np.asarray(Engine(reference_manager).txt2img(_flux_request(), save=False).images[0], np.int16)
     diff = np.abs(image - reference)
     assert 0 < diff.mean() < 8 and np.corrcoef(image.ravel(), reference.ravel())[0, 1] > 0.9
+
+
+def test_forge_additional_modules_choose_the_vae_and_text_encoders(flux_manager, flux):
+    """Forge's "VAE / Text Encoder" choice: the named files replace the checkpoint's own parts (all-in-one) and
+    the automatic pick; a file that is no module, or not there, is refused with its name."""
+    import shutil
+
+    from pipelines.core.errors import UserError
+
+    from safetensors.torch import load_file, save_file
+
+    vae_dir = flux / "models/VAE"
+    other = load_file(str(vae_dir / "ae.safetensors"))
+    other["decoder.conv_in.weight"] = other["decoder.conv_in.weight"] * 2   # not the all-in-one file's own VAE
+    save_file(other, str(vae_dir / "other-ae.safetensors"))
+    try:
+        flux_manager.load("flux-tiny-aio.safetensors")
+        assert flux_manager.set_additional_modules(["other-ae.safetensors", "clip_l.safetensors"]) == \
+            ["other-ae.safetensors", "clip_l.safetensors"]
+        assert flux_manager.active is None    # the Flux model loaded with other modules was dropped
+        reads = flux_manager.disk_loads
+        pipe = flux_manager.load("flux-tiny-aio.safetensors").pipe
+        assert flux_manager.disk_loads == reads + 1
+        assert torch.equal(pipe.vae.decoder.conv_in.weight, other["decoder.conv_in.weight"])
+        with pytest.raises(UserError, match="nothing.safetensors"):
+            flux_manager.set_additional_modules(["nothing.safetensors"])
+    finally:
+        flux_manager.set_additional_modules([])
+        (vae_dir / "other-ae.safetensors").unlink()

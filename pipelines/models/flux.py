@@ -109,8 +109,11 @@ def t5_tokenizer(paths: ModelPaths | None, folder: Path | None = None):
     raise ModelLoadError(T5_TOKENIZER_HELP.format(where=where))
 
 
-def load_flux(mf: ModelFile, arch: Architecture, *, config_root: Path, dtype=None, paths: ModelPaths | None = None):
-    """A FluxPipeline on the CPU in `dtype` (GGUF weights stay quantized, computed in `dtype`)."""
+def load_flux(mf: ModelFile, arch: Architecture, *, config_root: Path, dtype=None, paths: ModelPaths | None = None,
+              modules: tuple[Path, ...] = ()):
+    """A FluxPipeline on the CPU in `dtype` (GGUF weights stay quantized, computed in `dtype`). `modules`: VAE /
+    text encoder files chosen by the user (Forge's "VAE / Text Encoder", `forge_additional_modules`); each
+    replaces the part of the same kind the checkpoint holds or the automatic choice would pick."""
     from diffusers import FluxPipeline
 
     if mf.kind == "diffusers":
@@ -126,7 +129,7 @@ def load_flux(mf: ModelFile, arch: Architecture, *, config_root: Path, dtype=Non
         configs = {name: json.loads((cfg_dir / name / "config.json").read_text())
                    for name in ("vae", "text_encoder", "text_encoder_2")}
         own = detect.read_gguf_shapes(mf.path) if mf.kind == "gguf" else _header_keys(mf.path)
-        sources = _sources(mf, own, configs, paths)
+        sources = _sources(mf, own, configs, paths, chosen_modules(modules))
         transformer = _transformer(mf, cfg_dir, dtype)
         vae = _vae(mf.path if sources.vae is None else sources.vae, sources.vae is None, cfg_dir, dtype)
         text_encoder = _clip(mf.path if sources.clip is None else sources.clip, sources.clip is None,
@@ -141,21 +144,40 @@ def load_flux(mf: ModelFile, arch: Architecture, *, config_root: Path, dtype=Non
                         text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, transformer=transformer)
 
 
-def _sources(mf: ModelFile, own: dict, configs: dict, paths: ModelPaths | None) -> _Sources:
-    """The checkpoint's own VAE / CLIP-L / T5 when it is an all-in-one file, else files that fit from the
-    models folders; a clear error naming the file and folder for each one missing."""
-    found = _Sources()
+def module_kind(path: Path) -> str:
+    """"vae", "clip" or "t5": what a VAE / text encoder file holds, from its header."""
+    shapes = _header_keys(path)
+    if "decoder.conv_in.weight" in shapes:
+        return "vae"
+    if any(k.endswith("embeddings.token_embedding.weight") for k in shapes):
+        return "clip"
+    if "encoder.final_layer_norm.weight" in shapes:
+        return "t5"
+    raise ModelLoadError(f"{path.name}: not a VAE, CLIP or T5 text encoder file")
+
+
+def chosen_modules(modules: tuple[Path, ...]) -> _Sources:
+    chosen = _Sources()
+    for path in modules:
+        setattr(chosen, module_kind(path), path)
+    return chosen
+
+
+def _sources(mf: ModelFile, own: dict, configs: dict, paths: ModelPaths | None, chosen: _Sources) -> _Sources:
+    """The user's chosen modules, else the checkpoint's own VAE / CLIP-L / T5 when it is an all-in-one file, else
+    files that fit from the models folders; a clear error naming the file and folder for each one missing."""
+    found = chosen
     vae_cfg, clip_cfg, t5_cfg = configs["vae"], configs["text_encoder"], configs["text_encoder_2"]
-    if not any(k.startswith(VAE_PREFIX) for k in own):
+    if found.vae is None and not any(k.startswith(VAE_PREFIX) for k in own):
         found.vae = _find_component(paths, "vae", lambda s: _module_fits(
             vae_cfg, s, "decoder.conv_in.weight", "latent_channels", 1), ("ae", "flux"))
         _require(found.vae, "its VAE", "ae.safetensors (from black-forest-labs/FLUX.1-schnell)", "vae", paths)
-    if not any(k.startswith(CLIP_PREFIX) for k in own):
+    if found.clip is None and not any(k.startswith(CLIP_PREFIX) for k in own):
         found.clip = _find_component(paths, "text_encoder", lambda s: _module_fits(
             clip_cfg, s, "text_model.embeddings.token_embedding.weight", "hidden_size")
             and "text_model.encoder.layers.0.self_attn.q_proj.weight" in s, ("clip_l",))
         _require(found.clip, "the CLIP-L text encoder", "clip_l.safetensors", "text_encoder", paths)
-    if not any(k.startswith(T5_PREFIX) for k in own):
+    if found.t5 is None and not any(k.startswith(T5_PREFIX) for k in own):
         found.t5 = _find_component(paths, "text_encoder", lambda s: _module_fits(
             t5_cfg, s, "encoder.final_layer_norm.weight", "d_model", 0), ("t5xxl_fp16", "fp16", "t5xxl_fp8", "t5"))
         _require(found.t5, "the T5-XXL text encoder", "t5xxl_fp16.safetensors (or t5xxl_fp8_e4m3fn.safetensors)",

@@ -172,7 +172,8 @@ def _pipeline_class(arch: Architecture):
 
 
 def load_checkpoint(mf: ModelFile, *, arch: Architecture | None = None, config_root: Path = CONFIG_ROOT,
-                    dtype=None, progress: Progress = _noop, paths: ModelPaths | None = None) -> LoadedCheckpoint:
+                    dtype=None, progress: Progress = _noop, paths: ModelPaths | None = None,
+                    modules: tuple[Path, ...] = ()) -> LoadedCheckpoint:
     """Load a checkpoint into RAM (CPU) as a diffusers pipeline; the caller moves it to the device.
     `paths`: the models folders, where Flux finds the VAE / text encoders its file does not include."""
     start = time.perf_counter()
@@ -180,7 +181,7 @@ def load_checkpoint(mf: ModelFile, *, arch: Architecture | None = None, config_r
     arch = arch or inspect_checkpoint(mf)
     if arch.family == detect.FLUX:
         return _loaded(_load_with_errors(mf, arch, lambda: flux.load_flux(
-            mf, arch, config_root=config_root, dtype=dtype, paths=paths)), mf, arch, start, progress)
+            mf, arch, config_root=config_root, dtype=dtype, paths=paths, modules=modules)), mf, arch, start, progress)
     cls = _pipeline_class(arch)
     modules, _ = cls._get_signature_keys(cls)
     # No safety checker: A1111 ships none either, and it would need weights from the Hub.

@@ -103,7 +103,8 @@ class PipelineManager:
                 self._progress(f"loading {mf.name}: {stage}", frac * 0.9)
 
             loaded = loading.load_checkpoint(mf, arch=arch, config_root=self.config_root, dtype=self.policy.dtype,
-                                             progress=sub_progress, paths=self.registry.paths)
+                                             progress=sub_progress, paths=self.registry.paths,
+                                             modules=self.additional_modules)
         except UserError:
             if dropped is not None and self.active is None:
                 self._restore(dropped)
@@ -257,6 +258,38 @@ class PipelineManager:
                 break
         self._tiny_vaes[name] = vae
         return vae
+
+    # ------------------------------------------------------------------ Forge's "VAE / Text Encoder"
+    additional_modules: tuple[Path, ...] = ()
+
+    def module_files(self) -> list[Path]:
+        """VAE and text encoder files a Flux checkpoint can take (models/VAE, models/text_encoder)."""
+        return [f for kind in ("vae", "text_encoder") for d in self.registry.paths.dirs(kind) if d.is_dir()
+                for f in sorted(d.rglob("*.safetensors"))]
+
+    def set_additional_modules(self, names) -> list[str]:
+        """Forge's `forge_additional_modules`: VAE / text encoder files (names or paths under models/VAE and
+        models/text_encoder) that Flux checkpoints load with instead of their own or the automatic choice.
+        Flux checkpoints loaded with other modules are dropped from the cache (the next load reads them again)."""
+        from .flux import module_kind
+
+        available = {f.name: f for f in self.module_files()} | {str(f): f for f in self.module_files()}
+        chosen = []
+        for name in names or ():
+            path = available.get(str(name)) or available.get(Path(str(name)).name)
+            if path is None:
+                raise UserError(f"forge_additional_modules: {name!r} not found in models/VAE or models/text_encoder")
+            module_kind(path)   # refuses a file that is no VAE / text encoder
+            chosen.append(path)
+        with self.lock:
+            if tuple(chosen) != self.additional_modules:
+                self.additional_modules = tuple(chosen)
+                for key in [k for k, c in self._cache.items() if c.arch.family == detect.FLUX]:
+                    if self._cache[key] is self.active:
+                        self.active = None
+                    del self._cache[key]
+                self._free_memory()
+        return [p.name for p in chosen]
 
     # ------------------------------------------------------------------ VAE
     def set_vae(self, name: str | None) -> str | None:
