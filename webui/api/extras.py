@@ -3,7 +3,7 @@
 The request and response shapes are A1111's (ExtrasSingleImageRequest / ExtrasBatchImagesRequest), so
 `webuiapi`'s extra_single_image / extra_batch_images work unchanged. As in A1111, the API returns the images
 and saves nothing. Upscaling is a job on the shared queue (progress per tile, interrupt between tiles).
-Face restoration (gfpgan/codeformer visibility above 0) is not built: 501.
+Face restoration (gfpgan/codeformer visibility above 0) is not built: 422 naming the field.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pipelines.upscale import LATENT_MODES
 from pipelines.upscale import extras as engine_extras
 
-from pipelines.core.errors import UserError
+from pipelines.core.errors import ParameterError, UserError
 
 from . import models as M
 from .images import decode_image, encode_image
@@ -66,9 +66,11 @@ class ExtrasBatchImagesResponse(BaseModel):
 
 
 def _engine_request(body: ExtrasBaseRequest) -> engine_extras.ExtrasRequest:
-    if body.gfpgan_visibility > 0 or body.codeformer_visibility > 0:
-        raise HTTPException(501, "face restoration (GFPGAN, CodeFormer) is not available in this build; send "
-                           "gfpgan_visibility and codeformer_visibility 0")
+    # A request this build cannot carry out as asked is the client's to change (422 naming the field), not a
+    # server failure: face restoration is not built.
+    for name in ("gfpgan_visibility", "codeformer_visibility"):
+        if getattr(body, name) > 0:
+            raise ParameterError(name, "face restoration (GFPGAN, CodeFormer) is not available in this build; send 0")
     return engine_extras.ExtrasRequest.from_dict(body.model_dump())
 
 
