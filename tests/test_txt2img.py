@@ -521,8 +521,11 @@ def test_failing_save_leaves_nothing_and_surfaces_the_error(sd1, tmp_path, monke
 
     monkeypatch.setattr(image_metadata, "write_image", broken_write)
     root = tmp_path / "outputs"
-    with pytest.raises(OSError, match="No space left"):
-        _run(sd1, saver=OutputSaver(root, save_txt=True), seed=3, steps=1)
-    assert _files(root) == []  # no image, no sidecar, no hidden temp file
+    # The image made is returned with the error as a notice (issue 15: a full disk loses no work) ...
+    r = _run(sd1, saver=OutputSaver(root, save_txt=True), seed=3, steps=1, batch_size=2)
+    assert len(r.images) == 2 and r.paths == [] and r.seeds == [3, 4]
+    assert [n for n in r.notices if "not saved" in n and "No space left" in n] == [
+        "image 1 was not saved: No space left on device", "image 2 was not saved: No space left on device"]
+    assert _files(root) == []  # ... and nothing half-written: no image, no sidecar, no hidden temp file
     monkeypatch.undo()
     assert _run(sd1, saver=OutputSaver(root), seed=3, steps=1).paths[0].name == "00000-3.png"
