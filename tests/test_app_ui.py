@@ -305,7 +305,7 @@ def test_api_routes_use_http_basic(monkeypatch, ui):
     assert TestClient(open_app, base_url="http://127.0.0.1").get("/sdapi/v1/ping").status_code == 200
 
 
-def test_port_finder_skips_taken_ports():
+def test_a_taken_explicit_port_is_refused():
     import socket
 
     from webui.app.server import find_port, port_is_free
@@ -315,7 +315,8 @@ def test_port_finder_skips_taken_ports():
         s.listen(1)
         taken = s.getsockname()[1]
         assert not port_is_free("127.0.0.1", taken)
-        assert find_port("127.0.0.1", taken) > taken
+        with pytest.raises(OSError, match=f"--port {taken} is taken"):   # an explicit port is never moved (issue 15)
+            find_port("127.0.0.1", taken)
 
 
 @pytest.mark.parametrize("flags, merged", [([], True), (["--no-lora-merge"], False)])
