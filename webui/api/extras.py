@@ -10,7 +10,6 @@ from __future__ import annotations
 import html
 from typing import Optional
 
-from fastapi import HTTPException
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 

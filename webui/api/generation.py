@@ -25,9 +25,10 @@ from pipelines.params.declarations import BY_NAME, GenerationRequest, make_reque
 from .images import MAX_IMAGE_PIXELS, decode_image
 from .models import API_ONLY_FIELDS
 from .options import KindSaver
+from .state import NotFound
 
 if TYPE_CHECKING:
-    from .routes import ApiState
+    from .state import ApiState
 
 log = logging.getLogger(__name__)
 
@@ -35,18 +36,6 @@ MAX_REQUEST_PIXELS = 2 * MAX_IMAGE_PIXELS     # all images of one request: init 
 SIZE_FIELDS = ("width", "height", "hr_resize_x", "hr_resize_y")
 _SCHEDULE_KEYS = {name.lower().replace(" ", "_"): name for name in samplers.SCHEDULE_NAMES}
 _SCHEDULE_KEYS.update({name.lower(): name for name in samplers.SCHEDULE_NAMES})
-
-
-class NotFound(UserError):
-    """A model named in a request is not among the discovered ones (HTTP 404); `field` names where."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(message)
-        self.field = field
-
-
-class NotAvailable(UserError):
-    """A feature this build does not have (HTTP 501)."""
 
 
 def schedule_name(value: str) -> str:
