@@ -94,7 +94,7 @@ def create_app(services: Services, access: AccessControl, demo=None, *, api: boo
             app.include_router(router, dependencies=deps)
     hooks = getattr(services.engine, "hooks", None)
     if hooks is not None:   # extensions' add_api_route (before the UI mount, which would shadow them)
-        from ..extensions.loader import add_api_routes
+        from ..extensions.app import add_api_routes
 
         add_api_routes(app, services, access)
     if demo is not None:

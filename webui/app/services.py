@@ -221,7 +221,7 @@ def create_services(args: argparse.Namespace, *, config_root: Path | None = None
     restrict_pillow_formats()
     queue = JobQueue(policy.device, max_pending=limits.queue_max, max_per_client=limits.queue_max_per_client).start()
     services = Services(args, paths, registry, manager, engine, queue, saver, styles, presets, limits=limits)
-    from ..extensions.loader import attach
+    from ..extensions.app import attach
 
     services.extensions = attach(services)   # load extensions/ (a failing one is listed, never fatal)
     return services

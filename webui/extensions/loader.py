@@ -39,13 +39,13 @@ import traceback
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from pipelines.core.errors import UserError
 from pipelines.hooks import HookRegistry
 
-if TYPE_CHECKING:
-    from ..app.services import Services
+
+
 
 log = logging.getLogger(__name__)
 
@@ -520,48 +520,6 @@ HEAD_HELPERS = """<script>
 
 # ---------------------------------------------------------------------------------------------- app wiring
 
-def attach(services: "Services") -> ExtensionManager:
-    """Load the extensions for `services` (the registry is `services.engine.hooks`) and let them run
-    generations through the app's queue (`ExtensionHooks.generate`)."""
-    hooks = services.engine.hooks
-    manager = ExtensionManager.from_args(services.args, hooks)
-    hooks.submit = lambda mode, req, **kw: submit_generation(services, mode, req, **kw)
-    manager.load_all()
-    return manager
-
-
-def submit_generation(services: "Services", mode: str, req, *, images=None, mask=None, save: bool = True):
-    """One generation through the queue, waited for. Refused on the queue's own thread (a hook calling
-    it would wait for itself forever)."""
-    if threading.current_thread().name.startswith("jobs-"):
-        raise RuntimeError("ext.generate() was called from inside a running job (a hook); use run_generation "
-                           "to run several generations in one job")
-    engine = services.engine
-    if mode == "txt2img":
-        fn = lambda control: engine.txt2img(req, control, save=save)   # noqa: E731
-    elif mode == "img2img":
-        if not images:
-            raise UserError("img2img needs init images")
-        fn = lambda control: engine.img2img(req, images, mask, control, save=save)   # noqa: E731
-    else:
-        raise ValueError(f"mode must be txt2img or img2img, not {mode!r}")
-    return services.queue.submit(fn, label=f"extension {mode}: {req.prompt[:40]}").wait()
-
-
-def add_api_routes(app, services: "Services", access) -> None:
-    """Extensions' routes on the FastAPI app (HTTP Basic like the API when API credentials are set)."""
-    from fastapi import Depends
-
-    hooks = services.engine.hooks
-    deps = [Depends(access.api_dependency())] if access is not None and access.api_enabled else []
-    for route in hooks.routes:
-        try:
-            app.add_api_route(route.path, route.endpoint, methods=list(route.methods), dependencies=deps,
-                              tags=[f"extension: {route.owner}"])
-        except Exception as err:   # noqa: BLE001 - a bad route disables its extension, not the app
-            hooks.record_failure(route.owner, f"add_api_route {route.path}", err)
-
-
 # ---------------------------------------------------------------------------------------------- UI
 # (the Gradio parts, the Extensions tab and the extensions' widgets and tabs, are in webui/ui/extensions.py)
 
@@ -613,7 +571,7 @@ EXTENSIONS_CSS = """
 """
 
 
-def page_assets(services: "Services") -> tuple[str, str]:
+def page_assets(services) -> tuple[str, str]:
     """(css, head) to add to the page: the Extensions tab's style, the extensions' style.css and scripts."""
     manager = getattr(services, "extensions", None)
     if manager is None:
